@@ -1,0 +1,337 @@
+"""The bag store: per-slide cell embeddings in HDF5 (``.h5``/``.hdf5``) or zarr v3 (``.zarr``).
+
+    store = open_store("features/cohort.h5")          # read-only, opened lazily
+    bag = store.read("slide 7")                         # Bag(features (N, D), cell_ids, paths, ...)
+
+    with open_store("features/cohort.zarr", "a") as st:
+        st.init({"backbone": "tf_efficientnet_lite0", ...})
+        st.write_slide("slide 7", feats, cell_ids, paths)      # atomic
+        st.write_annotation("slide 7", "blast_prob", probs)    # beside the features
+
+``python -m mil.store info PATH | convert A B | import-h5dir DIR OUT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import string
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mil.types import Bag, CliError, SlideId
+
+SCHEMA_NAME = "cellmil.bagstore"
+SCHEMA_VERSION = 1
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
+SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
+# Arrays a slide always has; anything else under a slide is a per-cell annotation.
+CORE_ARRAYS = ("features", "cell_ids", "paths", "failed", "coords")
+# Root attributes that must match before features from two runs may share a store.
+COMPAT_KEYS = ("backbone", "weights_sha256", "image_size", "dtype", "feature_dim")
+
+_SAFE = set(string.ascii_lowercase + string.digits + "_-")
+_MAX_KEY = 180
+
+
+def encode_key(slide_id: SlideId) -> str:
+    """A file-system and HDF5 safe, case-insensitive-safe key for any slide id.
+
+    Bytes outside ``[a-z0-9_-]`` become ``%XX``; a key longer than 180 characters is cut and
+    suffixed with a hash (the original id is kept in the slide's attributes).
+    """
+    if not slide_id:
+        raise CliError("slide id may not be empty")
+    key = "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in slide_id.encode("utf-8"))
+    if len(key) > _MAX_KEY:
+        digest = hashlib.sha256(slide_id.encode("utf-8")).hexdigest()[:16]
+        cut = key[: _MAX_KEY - 17]
+        if "%" in cut[-2:]:  # do not split an escape
+            cut = cut[: cut.rindex("%")]
+        key = cut + "~" + digest
+    return key
+
+
+def decode_key(key: str) -> SlideId | None:
+    """The slide id of a key, or None for a hashed (long) key, whose id lives in its attributes."""
+    if "~" in key:
+        return None
+    out = bytearray()
+    i = 0
+    while i < len(key):
+        if key[i] == "%":
+            out.append(int(key[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(key[i]))
+            i += 1
+    return out.decode("utf-8")
+
+
+def backend_of(path: str | Path) -> str:
+    """'hdf5' or 'zarr' from the suffix; anything else is a CliError."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CliError(f"{path}: a bag store must end in .h5, .hdf5 or .zarr (got '{suffix}')")
+    return SUFFIXES[suffix]
+
+
+def check_schema(path: Path, attrs: dict[str, Any]) -> None:
+    """Refuse stores that are not cellmil bag stores, or of an unknown or newer schema."""
+    schema = attrs.get("schema")
+    if not isinstance(schema, str) or "/" not in schema:
+        raise CliError(f"{path}: not a cellmil bag store (no 'schema' attribute)")
+    name, _, version = schema.rpartition("/")
+    if name != SCHEMA_NAME or not version.isdigit():
+        raise CliError(f"{path}: unknown store schema '{schema}' (expected {SCHEMA})")
+    if int(version) > SCHEMA_VERSION:
+        raise CliError(f"{path}: store schema '{schema}' is newer than this cellmil "
+                       f"(reads up to {SCHEMA}); upgrade cellmil")
+
+
+class BagStore:
+    """One interface over both backends. Use :func:`open_store` to get one."""
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        from mil.store_backends import H5Backend, ZarrBackend
+
+        self.path = Path(path)
+        self.kind = backend_of(self.path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        self.writable = mode == "a"
+        exists = self.path.exists()
+        if not exists and not self.writable:
+            raise CliError(f"bag store not found: {self.path}")
+        if self.writable:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        cls = H5Backend if self.kind == "hdf5" else ZarrBackend
+        self._b = cls(self.path, self.writable)
+        self._keys: dict[SlideId, str] | None = None
+        if exists:
+            try:
+                attrs = self._b.root_attrs()
+            except (OSError, ValueError, FileNotFoundError) as err:
+                raise CliError(f"{self.path}: cannot be read as {self.kind} ({err})") from None
+            if attrs or not self.writable:
+                check_schema(self.path, attrs)
+            if self.writable:
+                self._b.clean_staging()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> BagStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._b.close()
+
+    # -- root attributes -------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes (schema, backbone, weights, feature_dim, ...)."""
+        return self._b.root_attrs()
+
+    def init(self, attrs: dict[str, Any], overwrite: bool = False) -> None:
+        """Stamp a new store with its provenance; on an existing one check compatibility.
+
+        A store with slides made under other ``COMPAT_KEYS`` values is refused unless
+        ``overwrite``, which deletes its slides first.
+        """
+        self._require_writable()
+        old = self._b.root_attrs()
+        if old and self.slides():
+            diff = [k for k in COMPAT_KEYS if k in attrs and k in old and old[k] != attrs[k]]
+            if diff and not overwrite:
+                what = ", ".join(f"{k}: store has {old[k]!r}, this run {attrs[k]!r}" for k in diff)
+                raise CliError(f"{self.path} was made with other settings ({what}); "
+                               "use --overwrite to replace it or choose another output")
+            if diff:
+                for sid in self.slides():
+                    self.delete_slide(sid)
+        stamp = {"schema": SCHEMA, "created": old.get("created") or _now()}
+        self._b.set_root_attrs({**attrs, **stamp})
+
+    # -- reading ---------------------------------------------------------------------------
+    def _key_map(self) -> dict[SlideId, str]:
+        if self._keys is None:
+            keys = {}
+            for key in self._b.slide_keys():
+                sid = decode_key(key)
+                keys[sid if sid is not None else self._b.slide_attrs(key)["slide_id"]] = key
+            self._keys = keys
+        return self._keys
+
+    def slides(self) -> list[SlideId]:
+        """Ids of the complete slides, sorted."""
+        return sorted(self._key_map())
+
+    def __contains__(self, slide_id: object) -> bool:
+        return slide_id in self._key_map()
+
+    def __len__(self) -> int:
+        return len(self._key_map())
+
+    def _key(self, slide_id: SlideId) -> str:
+        key = self._key_map().get(slide_id)
+        if key is None:
+            raise CliError(f"{self.path}: no slide '{slide_id}' in the store")
+        return key
+
+    def slide_attrs(self, slide_id: SlideId) -> dict[str, Any]:
+        """slide_id, n_cells, n_failed and whatever the writer added."""
+        attrs = self._b.slide_attrs(self._key(slide_id))
+        attrs.pop("complete", None)
+        return attrs
+
+    def n_cells(self, slide_id: SlideId) -> int:
+        return int(self.slide_attrs(slide_id)["n_cells"])
+
+    def features(self, slide_id: SlideId, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, D) embeddings, or only ``rows`` (in the order given)."""
+        return self._b.read(self._key(slide_id), "features", rows)
+
+    def strings(self, slide_id: SlideId, name: str) -> list[str]:
+        """A string array: ``cell_ids``, ``paths`` or ``failed``."""
+        return [str(s) for s in self._b.read(self._key(slide_id), name)]
+
+    def annotations(self, slide_id: SlideId) -> list[str]:
+        """Names of the per-cell annotations of a slide (e.g. ``blast_prob``)."""
+        names = self._b.array_names(self._key(slide_id))
+        return sorted(n for n in names if n not in CORE_ARRAYS and not n.startswith("_"))
+
+    def annotation(self, slide_id: SlideId, name: str) -> np.ndarray | None:
+        """A per-cell annotation (N,), or None when the slide does not have it."""
+        if name not in self.annotations(slide_id):
+            return None
+        return self._b.read(self._key(slide_id), name)
+
+    def annotation_attrs(self, slide_id: SlideId, name: str) -> dict[str, Any]:
+        return self._b.array_attrs(self._key(slide_id), name)
+
+    def read(self, slide_id: SlideId) -> Bag:
+        """Everything stored for one slide."""
+        key = self._key(slide_id)
+        names = self._b.array_names(key)
+        return Bag(
+            slide_id=slide_id,
+            features=self._b.read(key, "features"),
+            cell_ids=self.strings(slide_id, "cell_ids"),
+            paths=self.strings(slide_id, "paths"),
+            coords=self._b.read(key, "coords") if "coords" in names else None,
+            annotations={n: self._b.read(key, n) for n in self.annotations(slide_id)},
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise CliError(f"{self.path} is open read-only")
+
+    def write_slide(
+        self,
+        slide_id: SlideId,
+        features: np.ndarray,
+        cell_ids: list[str],
+        paths: list[str],
+        coords: np.ndarray | None = None,
+        failed: list[str] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Write (or replace) one slide atomically: afterwards it is complete or absent."""
+        self._require_writable()
+        n = len(cell_ids)
+        if features.ndim != 2 or features.shape[0] != n or len(paths) != n:
+            raise ValueError(f"slide '{slide_id}': features {features.shape}, {n} cell ids, "
+                             f"{len(paths)} paths do not agree")
+        if len(set(cell_ids)) != n:
+            raise CliError(f"slide '{slide_id}': cell ids are not unique")
+        arrays: dict[str, np.ndarray] = {
+            "features": features,
+            "cell_ids": np.asarray(cell_ids, dtype=object),
+            "paths": np.asarray(paths, dtype=object),
+            "failed": np.asarray(list(failed or []), dtype=object),
+        }
+        if coords is not None:
+            arrays["coords"] = np.asarray(coords, dtype=np.float32).reshape(n, 2)
+        meta = {**(attrs or {}), "slide_id": slide_id, "n_cells": n,
+                "n_failed": len(failed or []), "written": _now()}
+        key = encode_key(slide_id)
+        self._b.write_slide(key, arrays, meta)
+        self._key_map()[slide_id] = key
+
+    def write_annotation(self, slide_id: SlideId, name: str, values: np.ndarray,
+                         attrs: dict[str, Any] | None = None) -> None:
+        """Add or replace a per-cell annotation beside the features (never rewriting them)."""
+        self._require_writable()
+        if name in CORE_ARRAYS or name.startswith("_") or not name.isidentifier():
+            raise ValueError(f"'{name}' cannot be an annotation name")
+        n = self.n_cells(slide_id)
+        values = np.asarray(values)
+        if values.shape[0] != n:
+            raise ValueError(f"slide '{slide_id}': {values.shape[0]} values for {n} cells")
+        self._b.write_array(self._key(slide_id), name, values, {**(attrs or {}), "written": _now()})
+
+    def delete_slide(self, slide_id: SlideId) -> None:
+        self._require_writable()
+        self._b.delete(self._key(slide_id))
+        del self._key_map()[slide_id]
+
+
+def open_store(path: str | Path, mode: str = "r") -> BagStore:
+    """Open a bag store; the backend follows the suffix. ``mode`` is 'r' or 'a' (create)."""
+    return BagStore(path, mode)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mil.store", description="Inspect and convert bag stores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="slides, cells, feature dim, backbone, weights, failed cells")
+    info.add_argument("path")
+    info.add_argument("--slides", action="store_true", help="one line per slide")
+    conv = sub.add_parser("convert", help="copy a store into the other backend, losslessly")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--overwrite", action="store_true")
+    imp = sub.add_parser("import-h5dir", help="import CLAM/TRIDENT per-slide feature .h5 files")
+    imp.add_argument("src", help="folder of <slide_id>.h5 files with 'features' and optional 'coords'")
+    imp.add_argument("dst")
+    imp.add_argument("--backbone", default="unknown", help="name of the encoder that made them")
+    imp.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mil.cli import run_cli
+
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from mil import store_tools
+
+        if args.command == "info":
+            print(store_tools.info_text(args.path, per_slide=args.slides))
+        elif args.command == "convert":
+            n = store_tools.convert(args.src, args.dst, overwrite=args.overwrite)
+            print(f"converted {n} slides: {args.src} -> {args.dst}")
+        else:
+            n = store_tools.import_h5dir(args.src, args.dst, backbone=args.backbone,
+                                         overwrite=args.overwrite)
+            print(f"imported {n} slides from {args.src} into {args.dst}")
+        return 0
+
+    return run_cli(body, "mil.store")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

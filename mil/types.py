@@ -1,0 +1,35 @@
+"""Shared vocabulary of cellmil.
+
+Shape letters used in comments throughout the package:
+B bags in a batch, N cells in a bag, D feature dimension, C classes, K attention branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SlideId = str
+CellId = str
+
+BLAST_PROB = "blast_prob"  # name of the per-cell annotation written by the blast filter
+
+
+class CliError(Exception):
+    """A user mistake (bad file, bad value): printed as one line, exit code 2, no traceback."""
+
+
+@dataclass
+class Bag:
+    """All cells of one slide as stored in the bag store."""
+
+    slide_id: SlideId
+    features: np.ndarray  # (N, D) float16 or float32
+    cell_ids: list[CellId]
+    paths: list[str]
+    coords: np.ndarray | None = None  # (N, 2) float32
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
