@@ -43,3 +43,53 @@ def make_store(
 def store_suffix(request: pytest.FixtureRequest) -> str:
     """Run a test once per backend."""
     return request.param
+
+
+def write_labels(path: Path, slide_ids: list[str], *, classes: str = "AB",
+                 patients: bool = True) -> Path:
+    """``slide_id,label[,patient_id]`` with labels cycling over ``classes``."""
+    lines = ["slide_id,label" + (",patient_id" if patients else "")]
+    for i, sid in enumerate(slide_ids):
+        lines.append(f"{sid},{classes[i % len(classes)]}" + (f",P{i}" if patients else ""))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_labelled_store(path: Path, *, slides: int = 12, dim: int = 8, seed: int = 0,
+                        classes: str = "AB", shift: float = 1.5) -> tuple[BagStore, Path]:
+    """A store whose features carry the class (a shift of the first dims on a share of cells,
+    the ones with a high blast_prob), and its labels CSV ``labels.csv`` beside it."""
+    rng = np.random.default_rng(seed)
+    st = make_store(path, slides=slides, cells=(4, 10), dim=dim, seed=seed, blast_prob=True)
+    sids = st.slides()
+    st.close()
+    st = open_store(path, "a")
+    for i, sid in enumerate(sids):
+        feats = st.features(sid).astype(np.float32)
+        blast = rng.uniform(size=len(feats)) < 0.5
+        feats[blast, i % len(classes)] += shift
+        st.write_slide(sid, feats.astype(np.float16), st.strings(sid, "cell_ids"),
+                       st.strings(sid, "paths"))
+        prob = np.where(blast, 0.9, 0.1).astype(np.float32)
+        st.write_annotation(sid, "blast_prob", prob)
+    labels = write_labels(path.parent / "labels.csv", sids, classes=classes)
+    return st, labels
+
+
+@pytest.fixture(scope="session")
+def fit_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny finished ``mil.fit`` run (3 folds, 2 epochs, prior weights), shared by tests."""
+    import torch
+
+    from mil.fit import main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fit_run")
+    st, labels = make_labelled_store(root / "s.h5")
+    st.close()
+    out = root / "run"
+    argv = [str(root / "s.h5"), "--labels", str(labels), "--out", str(out), "--folds", "3",
+            "--epochs", "2", "--batch-size", "4", "--hidden", "8", "--attn-hidden", "4",
+            "--instance-weights", "prior", "--noise-rate", "0.1", "--no-progress"]
+    assert main(argv) == 0
+    return {"root": root, "store": root / "s.h5", "labels": labels, "out": out, "argv": argv}

@@ -1,0 +1,74 @@
+"""Tests for python -m mil.predict and predict_slides."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mil.predict import load_system, main, predict_slides
+from mil.store import encode_key, open_store
+from tests.conftest import make_store
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_predict_slides_ensemble(fit_run):
+    preds = predict_slides(fit_run["out"], slides=["S03", "S00"])
+    assert [p.slide_id for p in preds] == ["S03", "S00"]
+    st = open_store(fit_run["store"])
+    for p in preds:
+        n = st.n_cells(p.slide_id)
+        assert p.probs.shape == (2,) and p.probs.sum() == pytest.approx(1, abs=1e-5)
+        assert p.attention.shape == (n, 1) and p.attention.sum() == pytest.approx(1, abs=1e-4)
+        assert len(p.cell_ids) == len(p.paths) == n and p.blast_prob.shape == (n,)
+    oof = {r["slide_id"]: r for r in csv.DictReader((fit_run["out"] / "predictions.csv").open())}
+    assert set(oof) >= {"S00", "S03"}  # the same slides were scored out-of-fold
+
+
+def test_checkpoint_loads_weights_only(fit_run):
+    system = load_system(fit_run["out"] / "fold_0" / "best.ckpt")
+    assert system.hparams["classes"] == ["A", "B"] and not system.training
+    assert system.hparams["provenance"]["feature_dim"] == 8
+
+
+def test_cli_writes_predictions_and_attention(fit_run, tmp_path: Path):
+    out, attn = tmp_path / "p.csv", tmp_path / "attn"
+    argv = [str(fit_run["out"]), "--store", str(fit_run["store"]), "--out", str(out),
+            "--attention", str(attn), "--slides", "S01,S02"]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["slide_id", "prediction", "prob_A", "prob_B"] and len(rows) == 2
+    cells = list(csv.DictReader((attn / f"{encode_key('S01')}.csv").open()))
+    assert list(cells[0]) == ["cell_id", "path", "attention", "blast_prob"]
+    assert sum(float(c["attention"]) for c in cells) == pytest.approx(1, abs=1e-3)
+
+
+def test_refuses_store_of_another_feature_dim(fit_run, tmp_path: Path, capsys):
+    make_store(tmp_path / "other.h5", slides=2, dim=5, blast_prob=True).close()
+    argv = [str(fit_run["out"]), "--store", str(tmp_path / "other.h5"), "--out", str(tmp_path / "p.csv")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "feature_dim 5 differs from the run's 8" in err
+
+
+def test_filter_mode_gives_zero_attention_to_dropped_cells(fit_run, tmp_path: Path):
+    import yaml
+
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(fit_run["out"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["instance_weights"] = "filter"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (p,) = predict_slides(run, slides=["S00"])
+    prob = open_store(fit_run["store"]).annotation("S00", "blast_prob")
+    kept = (0.8 * prob + 0.1) >= 0.5  # tempered with the run's noise rate 0.1
+    assert np.all(p.attention[~kept] == 0) and p.attention[kept].sum() == pytest.approx(1, abs=1e-4)
