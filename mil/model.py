@@ -141,8 +141,10 @@ class MILClassifier(nn.Module):
         ``log_prior (B, N)`` optional attention prior (ignored by mean / max pooling)."""
         dtype = next(self.parameters()).dtype
         mask = mask.bool()
-        feats = feats.to(dtype).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, N, D)
-        h = self.project(feats)  # (B, N, H)
+        # Padding is zeroed after the projection, on (B, N, H) rather than the 10x larger
+        # (B, N, D) input: each row of h depends only on its own cell, so inf/NaN padding
+        # stays confined to padded rows and is replaced here.
+        h = self.project(feats.to(dtype)).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, N, H)
         if self.pool is not None:
             pooled, attn = self.pool(h, mask, log_prior)  # (B, K, H), (B, N, K)
             if self.pooling is Pooling.GATED_MULTIBRANCH:
