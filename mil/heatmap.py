@@ -3,7 +3,7 @@
     python -m mil.heatmap RUN_DIR --store STORE --out DIR [--source ROOT] [--slides A,B]
         [--top-k 16] [--norm rank|minmax|raw] [--occlusion] [--labels slides.csv]
 
-Each slide gets ``DIR/<encode_key(slide_id)>/`` (safe for any id: ``../../x`` stays inside DIR).
+Each slide gets ``DIR/<file_name(slide_id)>/`` (safe for any id: ``../../x`` stays inside DIR).
 The map explains the predicted class: its own branch for multi-branch models, the shared
 attention for single-branch ones; which one, and the normalisation, are written on every image.
 Default ``--norm rank`` colours by within-slide percentile, so maps always use the full scale.
@@ -120,9 +120,9 @@ class SlideExport:
 
 def slide_folder(out: Path, slide_id: str) -> Path:
     """``out/<safe name>``, guaranteed to be a direct child of ``out``."""
-    from mil.store import encode_key
+    from mil.store import file_name
 
-    name = encode_key(slide_id)
+    name = file_name(slide_id)
     if name in (".", "..") or "/" in name or "\\" in name:  # cannot happen; belt and braces
         raise CliError(f"slide id {slide_id!r} cannot be made a safe folder name")
     return out / name

@@ -136,12 +136,12 @@ def predict_slides(run_dir: str | Path, store: str | Path | None = None,
 
 def write_attention(pred: SlidePrediction, folder: Path) -> Path:
     """``folder/<encoded slide>.csv``: cell_id, path, attention per branch, blast_prob."""
-    from mil.store import encode_key
+    from mil.store import file_name
 
     folder.mkdir(parents=True, exist_ok=True)
     k = pred.attention.shape[1]
     names = ["attention"] if k == 1 else [f"attention_{c}" for c in pred.classes[:k]]
-    path = folder / f"{encode_key(pred.slide_id)}.csv"
+    path = folder / f"{file_name(pred.slide_id)}.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["cell_id", "path", *names, "blast_prob"])

@@ -56,6 +56,21 @@ def encode_key(slide_id: SlideId) -> str:
     return key
 
 
+def file_name(slide_id: SlideId) -> str:
+    """A readable, traversal-proof file name for a slide's outputs (reports, attention CSVs).
+
+    Ids made only of ``[A-Za-z0-9._-]`` (not starting with a dot) are kept as they are; any other
+    id keeps its safe characters and gains ``-<hash>``, so ``../../x`` becomes ``_.._x-<hash>``.
+    """
+    if not slide_id:
+        raise CliError("slide id may not be empty")
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in slide_id)
+    if safe == slide_id and not slide_id.startswith(".") and len(slide_id) <= 120:
+        return slide_id
+    digest = hashlib.sha256(slide_id.encode("utf-8")).hexdigest()[:10]
+    return f"{safe.lstrip('.')[:100] or 'slide'}-{digest}"
+
+
 def decode_key(key: str) -> SlideId | None:
     """The slide id of a key, or None for a hashed (long) key, whose id lives in its attributes."""
     if "~" in key:

@@ -193,7 +193,7 @@ def test_cli_attention_matches_the_run(tmp_path: Path) -> None:
     bag = open_store(store).read("S01")  # fold 1's test part
     for out, fold in ((tmp_path / "oof", 1), (tmp_path / "ens", None)):
         probs, attn = _direct(run, fold, bag, "prior")
-        rows = _table(out / "%5301" / "attention.csv")
+        rows = _table(out / "S01" / "attention.csv")
         k = int(probs.argmax())
         assert np.allclose([float(r["attention"]) for r in rows], attn[:, k], rtol=1e-5)
         assert np.allclose([float(r["attention_B"]) for r in rows], attn[:, 1], rtol=1e-5)
@@ -201,7 +201,7 @@ def test_cli_attention_matches_the_run(tmp_path: Path) -> None:
         summary = _table(out / "summary.csv")[1]
         assert summary["slide_id"] == "S01" and float(summary["probability"]) == pytest.approx(probs[k], abs=1e-5)
         assert summary["n_missing_images"] == str(len(bag))  # no images anywhere: all placeholders
-        assert (out / "%5301" / "map.png").is_file() and (out / "index.html").is_file()
+        assert (out / "S01" / "map.png").is_file() and (out / "index.html").is_file()
 
 
 def test_cli_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mil.predict import load_system, main, predict_slides
-from mil.store import encode_key, open_store
+from mil.store import file_name, open_store
 from tests.conftest import make_store
 
 
@@ -45,7 +45,7 @@ def test_cli_writes_predictions_and_attention(fit_run, tmp_path: Path):
     assert main(argv) == 0
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["slide_id", "prediction", "prob_A", "prob_B"] and len(rows) == 2
-    cells = list(csv.DictReader((attn / f"{encode_key('S01')}.csv").open()))
+    cells = list(csv.DictReader((attn / f"{file_name('S01')}.csv").open()))
     assert list(cells[0]) == ["cell_id", "path", "attention", "blast_prob"]
     assert sum(float(c["attention"]) for c in cells) == pytest.approx(1, abs=1e-3)
 

@@ -287,3 +287,16 @@ def test_cli_info_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert store_mod.main(["info", str(tmp_path / "missing.h5")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.h5" in err
+
+
+@pytest.mark.parametrize("sid", ["S003", "a/b", "..", "../../etc", ".hidden", "ünï cødé", "L" * 300])
+def test_file_name_is_safe_and_readable(sid: str) -> None:
+    from mil.store import file_name
+
+    name = file_name(sid)
+    assert "/" not in name and not name.startswith(".") and len(name) <= 120
+    assert all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+    if sid == "S003":
+        assert name == "S003"
+    else:
+        assert name != file_name(sid + "x")
