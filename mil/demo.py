@@ -29,15 +29,15 @@ class DemoConfig:
     out: Path = field(default=Path("runs/demo"), metadata={"help": "output folder"})
     quick: bool = field(default=False, metadata={"help": "small cohort, a few minutes"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    slides: int | None = field(default=None, metadata={"help": "slides (default 40; quick 24)"})
-    cells: int | None = field(default=None, metadata={"help": "cells per slide (64; quick 32)"})
-    epochs: int | None = field(default=None, metadata={"help": "MIL epochs (60; quick 25)"})
+    slides: int | None = field(default=None, metadata={"help": "slides (default 40; quick 40)"})
+    cells: int | None = field(default=None, metadata={"help": "cells per slide (64; quick 24)"})
+    epochs: int | None = field(default=None, metadata={"help": "MIL epochs (100; quick 60)"})
     audit_n: int = field(default=200, metadata={"help": "cells drawn for the expert audit"})
     progress: bool = field(default=True, metadata={"help": "progress bars (off for CI logs)"})
 
     def sizes(self) -> tuple[int, int, int]:
         """(slides, cells, epochs) after applying the quick defaults."""
-        base = (24, 32, 25) if self.quick else (40, 64, 60)
+        base = (40, 24, 60) if self.quick else (40, 64, 100)
         return (self.slides or base[0], self.cells or base[1], self.epochs or base[2])
 
 

@@ -20,7 +20,8 @@ def test_fill_review_from_truth(tmp_path: Path) -> None:
 
 
 def test_quick_sizes_and_overrides() -> None:
-    assert demo.DemoConfig(quick=True).sizes()[0] < demo.DemoConfig().sizes()[0]
+    (qs, qc, qe), (fs, fc, fe) = demo.DemoConfig(quick=True).sizes(), demo.DemoConfig().sizes()
+    assert qs * qc < fs * fc and qe < fe
     assert demo.DemoConfig(quick=True, slides=12, epochs=3).sizes()[::2] == (12, 3)
 
 
