@@ -3,7 +3,7 @@
 Three numbers, cells/s, same backbone, batch size and threads:
 
 (a) ceiling: the backbone's forward pass on a batch already in memory (channels_last and
-    precision as configured);
+    precision as configured), the best of 3 rounds, so the ratio (b)/(a) is conservative;
 (b) cellmil: ``mil.extract`` end to end from 400x400 JPEG files (decode in DataLoader workers,
     batches across slides, atomic per-slide commits to an HDF5 store);
 (c) naive: the loop of typical extract scripts: one process, per slide open + timm transform
@@ -77,13 +77,17 @@ def ceiling(bb: Any, args: argparse.Namespace) -> dict[str, float]:
         x = x.contiguous(memory_format=torch.channels_last)
     device = torch.device("cpu")
     n_batches = max(1, args.cells // args.batch_size)
+    rounds = min(3, n_batches)  # best of 3 rounds: a shared machine only ever slows a round down
+    per_round = max(1, n_batches // rounds)
+    rates = []
     with torch.inference_mode(), autocast(device, args.precision):
         ref = model(x).float()  # warm-up  (B, D)
-        t = time.perf_counter()
-        for _ in range(n_batches):
-            model(x)
-        secs = time.perf_counter() - t
-    out = {"cells_per_s": n_batches * args.batch_size / secs}
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(per_round):
+                model(x)
+            rates.append(per_round * args.batch_size / (time.perf_counter() - t))
+    out = {"cells_per_s": max(rates), "rounds_cells_per_s": rates}
     if args.precision != "32":
         with torch.inference_mode():
             fp32 = model(x)
