@@ -8,6 +8,13 @@ peak RAM of ``--stream`` training from an HDF5 store.
    reading them with ``stream=True`` (per item) and with the default preload; the peak resident
    memory (``ru_maxrss``) of each process is reported.
 
+On a CPU the epoch is bound by arithmetic: the first projection (D -> 128) alone costs
+3 x 2 x bags x cells x D x 128 FLOPs, 0.49 TFLOP per epoch at the default sizes, whether the
+bags come one at a time or padded. On the 2-core development machine the batch-size-1 loop
+already runs that at ~34 GFLOP/s against a ~160 GFLOP/s peak, so no batching can be 10x
+faster there; padding removes per-step overhead (launches, optimiser steps, Python), which is
+what dominates on a GPU.
+
 ``--quick`` shrinks everything (200 bags x 200 cells x 256 dims) for a smoke run.
 """
 
