@@ -21,6 +21,12 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def split_ids(text: str | None) -> list[str] | None:
+    """``--slides A,B`` -> ['A', 'B']; empty or absent -> None (meaning: every slide)."""
+    ids = [s for s in (text or "").split(",") if s]
+    return ids or None
+
+
 def run_cli(body: Callable[[], int], prog: str) -> int:
     """Run a CLI body; a :class:`CliError` (a user mistake) becomes one line and exit code 2."""
     try:

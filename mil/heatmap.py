@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mil.cli import run_cli, setup_logging
+    from mil.cli import run_cli, setup_logging, split_ids
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.top_k < 1:
             raise CliError("--top-k must be at least 1")
-        opts = HeatmapOptions(args.source, [s for s in (args.slides or "").split(",") if s] or None,
+        opts = HeatmapOptions(args.source, split_ids(args.slides),
                               args.top_k, args.norm, args.occlusion, args.labels, args.batch_size)
         rows = export_run(args.run_dir, args.store, args.out, opts)
         missing = sum(r.n_missing for r in rows)

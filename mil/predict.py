@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mil.cli import run_cli, setup_logging
+from mil.cli import run_cli, setup_logging, split_ids
 from mil.types import CliError, SlideId
 
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
-        slides = [s for s in (args.slides or "").split(",") if s] or None
+        slides = split_ids(args.slides)
         preds = predict_slides(args.run_dir, args.store, slides, args.batch_size)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="", encoding="utf-8") as fh:
