@@ -1,6 +1,6 @@
 """``python -m mil.bench <benchmark>``: throughput benchmarks, one subcommand each.
 
-    python -m mil.bench extract --cells 512 --json extract.json
+    python -m mil.bench extract --rounds 5 --json extract.json
     python -m mil.bench store --bags 1000
     python -m mil.bench all --out bench/          # every benchmark: bench/bench.json + bench.txt
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 BENCHMARKS = {"extract": "mil.bench_extract", "store": "mil.bench_store", "fit": "mil.bench_fit"}
 # ``all --quick``: smaller sizes per benchmark, for a smoke run or a slow machine
-QUICK_ARGS = {"store": ["--bags", "100"], "extract": ["--cells", "128"], "fit": ["--quick"]}
+QUICK_ARGS = {"store": ["--bags", "100"], "extract": ["--cells", "128", "--rounds", "2"], "fit": ["--quick"]}
 
 
 def machine() -> dict[str, object]:

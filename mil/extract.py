@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +40,11 @@ class ExtractConfig:
         "help": "auto | hub | none | PATH to a .pth/.safetensors", "metavar": "W"})
     image_size: int | None = field(default=None, metadata={
         "help": "input size in pixels (default: the backbone's)", "metavar": "N"})
-    batch_size: int = field(default=128, metadata={"help": "cells per forward pass"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "cells per forward pass (default: 64 on the CPU, 128 on a GPU)", "metavar": "N"})
     workers: int | None = field(default=None, metadata={
-        "help": "decoding processes (default: 1 on <= 4 CPUs, else min(8, CPUs - 2))"})
+        "help": "decoding processes; 0 = the main process decodes on its threads between "
+                "forward passes (default: 0 on the CPU, min(8, CPUs - 1) with a GPU)"})
     threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads (default: torch's choice)"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
@@ -58,7 +60,7 @@ class ExtractConfig:
 
     def validate(self) -> None:
         for name in ("batch_size", "devices", "num_nodes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CliError(f"--{name.replace('_', '-')} must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise CliError("--workers must be >= 0")
@@ -103,11 +105,35 @@ def config_path(out: str | Path) -> Path:
     return p.with_name(p.name + ".config.yaml")
 
 
-def default_workers(processes: int = 1) -> int:
-    """Decoding workers per extraction process (``processes`` share this machine's CPUs)."""
+def default_workers(processes: int = 1, device_type: str = "cpu") -> int:
+    """Decoding worker processes per extraction process (``processes`` share the CPUs).
+
+    On the CPU: none. The main process decodes each batch on all its threads between forward
+    passes; background workers would take cores from the model's threads mid-pass, and a
+    data-parallel pass with one thread delayed waits for it (measured in ``mil.bench extract``).
+    With a GPU the CPUs are free while it computes: up to 8 workers, one CPU left for the loop.
+    """
+    if device_type != "cuda":
+        return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cpus = max(1, cpus // processes)
-    return 1 if cpus <= 4 else min(8, cpus - 2)
+    return max(1, min(8, cpus // processes - 1))
+
+
+def default_batch_size(device_type: str) -> int:
+    """64 on the CPU (``mil.bench extract``: 128 is ~25% slower there, 16-64 alike), 128 on GPU."""
+    return 128 if device_type == "cuda" else 64
+
+
+def runtime(cfg: ExtractConfig, device_type: str) -> tuple[int, int]:
+    """(batch size, workers): the config's, or the device's defaults where unset."""
+    workers = default_workers(cfg.devices, device_type) if cfg.workers is None else cfg.workers
+    return cfg.batch_size or default_batch_size(device_type), workers
+
+
+def resolve_runtime(cfg: ExtractConfig, device_type: str) -> ExtractConfig:
+    """``cfg`` with the device-dependent defaults (batch size, workers) filled in."""
+    batch_size, workers = runtime(cfg, device_type)
+    return replace(cfg, batch_size=batch_size, workers=workers)
 
 
 def store_attrs(bb: Any, cfg: ExtractConfig) -> dict[str, Any]:
@@ -194,21 +220,25 @@ def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: b
     import torch
     from tqdm import tqdm
 
+    from mil.allocator import keep_freed_memory
     from mil.extract_data import CellImages, make_loader, normalise
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = bb.model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation)
-    workers = default_workers(cfg.devices) if cfg.workers is None else cfg.workers
-    loader = make_loader(ds, cfg.batch_size, workers, pin_memory=device.type == "cuda")
+    batch_size, workers = runtime(cfg, device.type)
+    ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation,
+                    threads=torch.get_num_threads() if workers == 0 else 1)
+    loader = make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     bar = tqdm(total=len(ds), unit="cell", disable=None if progress else True, dynamic_ncols=True,
                smoothing=0.1, file=sys.stderr)
     with torch.inference_mode(), bar:
-        for index, x, ok in loader:  # index (B,), x (B, 3, S, S) uint8, ok (B,)
+        for index, x, ok in loader:  # index (B,), x (B, 3, S, S) uint8 channels_last, ok (B,)
             feats = torch.zeros(len(index), bb.feature_dim)  # (B, D)
             if ok.any():
                 xb = x.to(device, non_blocking=True)  # pinned on CUDA: an async copy
@@ -246,6 +276,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
     cohort = find_cells(cfg.source, cfg.manifest)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
     bb = build_backbone(cfg.backbone, cfg.weights, cfg.image_size)
     with open_store(cfg.out, "a") as store:
         store.init(store_attrs(bb, cfg), overwrite=cfg.overwrite)

@@ -1,14 +1,22 @@
-"""Decoding cell images for extraction: any Pillow mode to RGB, resized, as uint8 tensors.
+"""Decoding cell images for extraction: any image file to RGB, resized, as uint8 tensors.
 
-The decode runs in DataLoader workers. A file that cannot be read is not an exception: the
-worker returns ``ok=False`` and a blank image, and the extractor records the path as failed.
-Images are returned as ``uint8 (3, S, S)``; conversion to float and normalisation happen on the
-whole batch in the main process (4x less data between processes, one vectorised op).
+On the CPU the main process decodes each batch on its threads between forward passes
+(decoding in worker processes would take cores from the model's threads mid-pass); with a GPU,
+DataLoader worker processes decode in the background. A file that cannot be read is not an
+exception: ``ok=False`` and a blank image come back, and the extractor records the path as
+failed. Batches are ``uint8 (B, 3, S, S)`` channels_last views; conversion to float and
+normalisation happen on the whole batch in the main process (4x less data between processes).
 
-Resize matches timm's eval transform with ``crop_pct=1.0``: the shorter side is resized to
+Decoding: JPEGs go to TorchCodec's libjpeg-turbo decoder (pixel-identical to Pillow's, without
+the GIL, so threads scale); everything else (TIFF, PNG, 16-bit, alpha, ...) goes to Pillow
+(:func:`to_rgb`). Without TorchCodec, Pillow decodes JPEGs too, with the same pixels.
+
+Resize follows timm's eval transform with ``crop_pct=1.0``: the shorter side is resized to
 ``S`` with the backbone's interpolation and the centre ``S x S`` is kept (cell crops are
-centred, so the whole crop is used). JPEGs are decoded with ``Image.draft`` at the smallest
-DCT scale that still gives at least ``S`` pixels (only helps when the image is >= 2x ``S``).
+centred, so the whole crop is used). Bicubic and bilinear run on torch's antialiased uint8
+kernels, which implement Pillow's filters (every pixel within one grey level of
+``PIL.Image.resize``), once per batch for all images of one size: 400 -> 224 px bicubic costs
+0.5 ms per image on two threads here, against 4.5 ms for Pillow on one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+TORCH_RESIZE = ("bicubic", "bilinear")  # antialiased uint8 kernels in torch
 RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, like the slide background
 
@@ -49,65 +58,162 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
-def load_image(path: str | Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """(S, S, 3) uint8 RGB of one image file; raises on unreadable files."""
+def _jpeg_decoder() -> Any:
+    """TorchCodec's ``decode_jpeg``, or None where TorchCodec is missing or cannot load."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except Exception:  # noqa: BLE001 - not installed, or built for another torch: use Pillow
+        return None
+    return decode_jpeg
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+_decode_jpeg: list[Any] = []  # resolved once per process
+
+
+def decode(path: str | Path) -> Any:
+    """One image file -> ``uint8 (H, W, 3)`` RGB tensor; raises on unreadable files."""
+    import io
+
+    import torch
     from PIL import Image
 
+    data = Path(path).read_bytes()
+    if data.startswith(JPEG_MAGIC):
+        if not _decode_jpeg:
+            _decode_jpeg.append(_jpeg_decoder())
+        if _decode_jpeg[0] is not None:
+            try:
+                return _decode_jpeg[0](data, mode="RGB").permute(1, 2, 0)  # (H, W, 3) view
+            except RuntimeError:
+                pass  # e.g. a 12-bit or arithmetic-coded JPEG: Pillow decides
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, TIFF tag noise
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (size, size))
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            rgb = to_rgb(im)
-    w, h = rgb.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        rgb = rgb.resize((nw, nh), RESAMPLE.get(interpolation, 3))
-    if (nw, nh) != (size, size):
-        left, top = (nw - size) // 2, (nh - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-    return np.array(rgb, dtype=np.uint8)  # a writable copy
+            return torch.from_numpy(np.array(to_rgb(im), dtype=np.uint8))  # (H, W, 3)
+
+
+def resize_batch(images: list[Any], size: int, interpolation: str = "bicubic") -> Any:
+    """``uint8 (H, W, 3)`` tensors -> ``uint8 (B, S, S, 3)``: shorter side to ``S``, centre crop.
+
+    Images of one size are resized in one call (bicubic, bilinear: torch's antialiased
+    kernels, Pillow's filters); other filters go through Pillow image by image.
+    """
+    import torch
+
+    out = torch.empty(len(images), size, size, 3, dtype=torch.uint8)  # (B, S, S, 3)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, im in enumerate(images):
+        groups.setdefault((im.shape[0], im.shape[1]), []).append(j)
+    for (h, w), idx in groups.items():
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        x = torch.stack([images[j] for j in idx])  # (n, h, w, 3)
+        if (nw, nh) != (w, h):
+            if interpolation in TORCH_RESIZE:
+                x = torch.nn.functional.interpolate(
+                    x.permute(0, 3, 1, 2), size=(nh, nw), mode=interpolation,
+                    antialias=True).permute(0, 2, 3, 1)  # (n, nh, nw, 3)
+            else:
+                x = torch.stack([_pillow_resize(im, nw, nh, interpolation) for im in x])
+        top, left = (nh - size) // 2, (nw - size) // 2
+        out[idx] = x[:, top:top + size, left:left + size]
+    return out
+
+
+def _pillow_resize(im: Any, nw: int, nh: int, interpolation: str) -> Any:
+    import torch
+    from PIL import Image
+
+    small = Image.fromarray(im.numpy()).resize((nw, nh), RESAMPLE.get(interpolation, 3))
+    return torch.from_numpy(np.array(small, dtype=np.uint8))
+
+
+def resize_centre(rgb: Any, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """One RGB Pillow image -> (S, S, 3) uint8, exactly as :func:`resize_batch` does it."""
+    import torch
+
+    im = torch.from_numpy(np.array(rgb.convert("RGB"), dtype=np.uint8))
+    return resize_batch([im], size, interpolation)[0].numpy()
+
+
+def load_image(path: str | Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """(S, S, 3) uint8 RGB of one image file; raises on unreadable files."""
+    return resize_batch([decode(path)], size, interpolation)[0].numpy()
 
 
 @dataclass
 class CellImages:
-    """A flat, ordered dataset of image files -> ``(index, uint8 (3, S, S), ok)``."""
+    """A flat, ordered dataset of image files -> ``(index, uint8 (S, S, 3), ok)``.
+
+    ``__getitems__`` (a batch) decodes on ``threads`` threads, then resizes all images of one
+    size in one call on the calling thread (torch's own threads): ``threads > 1`` is for
+    decoding in the main process between forward passes.
+    """
 
     paths: list[str]
     size: int
     interpolation: str = "bicubic"
+    threads: int = 1
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Any, bool]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any, bool]]:
+        if self.threads > 1 and len(indices) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(indices))) as pool:
+                images = list(pool.map(self._decoded, indices))  # decoders release the GIL
+        else:
+            images = [self._decoded(i) for i in indices]
+        ok = [im is not None for im in images]
+        good = [im for im in images if im is not None]
+        resized = iter(resize_batch(good, self.size, self.interpolation) if good else [])
         import torch
 
+        blank = torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
+        return [(i, next(resized) if k else blank, k) for i, k in zip(indices, ok, strict=True)]
+
+    def _decoded(self, i: int) -> Any:
         try:
-            arr = load_image(self.paths[i], self.size, self.interpolation)
-            ok = True
+            im = decode(self.paths[i])
         except Exception:  # noqa: BLE001 - corrupt, truncated, empty, not an image: all skipped
-            arr = np.zeros((self.size, self.size, 3), np.uint8)
-            ok = False
-        return i, torch.from_numpy(arr).permute(2, 0, 1), ok  # (3, S, S) uint8
+            return None
+        return im if im.shape[0] > 0 and im.shape[1] > 0 else None
+
+
+def collate_cells(batch: list[tuple[int, Any, bool]]) -> tuple[Any, Any, Any]:
+    """-> index (B,) int64, x (B, 3, S, S) uint8 in channels_last memory, ok (B,) bool."""
+    from torch.utils.data import default_collate
+
+    index, x, ok = default_collate(batch)  # x (B, S, S, 3), in shared memory inside a worker
+    return index, x.permute(0, 3, 1, 2), ok  # a view: no copy
 
 
 def make_loader(ds: CellImages, batch_size: int, workers: int, pin_memory: bool) -> Any:
-    """Ordered DataLoader; workers decode, the main process runs the model."""
+    """Ordered DataLoader: ``workers`` processes decode, or (0) the main process does."""
     from torch.utils.data import DataLoader
 
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=False,
+                      collate_fn=collate_cells, pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if workers > 0 else None)
 
 
 def normalise(x: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
-    """uint8 (B, 3, S, S) -> float32 normalised, channels_last, on ``x``'s device."""
+    """uint8 (B, 3, S, S) -> float32 ``(x / 255 - mean) / std``, channels_last, on x's device.
+
+    One conversion and one fused multiply-add (``addcmul``) on the channels_last view the
+    loader yields: 3x faster than transposing to channels_last and normalising in two passes.
+    """
     import torch
 
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255.0
-    x = x.contiguous(memory_format=torch.channels_last).float()
-    return x.sub_(m).div_(s)
+    scale = 1.0 / (255.0 * torch.tensor(std, device=x.device).view(1, 3, 1, 1))  # (1, 3, 1, 1)
+    shift = -torch.tensor(mean, device=x.device).view(1, 3, 1, 1) / torch.tensor(
+        std, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    x = x.contiguous(memory_format=torch.channels_last).float()  # (B, 3, S, S)
+    return torch.addcmul(shift, x, scale)

@@ -85,7 +85,7 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     from lightning_fabric.strategies import DDPStrategy
 
     from mil.backbone import build_backbone
-    from mil.extract import resolve_device
+    from mil.extract import resolve_device, resolve_runtime
     from mil.sources import find_cells
     from mil.store import backend_of, open_store
 
@@ -93,6 +93,7 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     cohort = find_cells(cfg.source, cfg.manifest)  # user errors surface before any launch
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
     fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=cfg.devices,
                     num_nodes=cfg.num_nodes, strategy=DDPStrategy(timeout=timedelta(days=2)))
     fabric.launch()  # early, so that the ranks import timm and build the model in parallel

@@ -36,3 +36,23 @@ def test_all_runs_every_registered_benchmark(tmp_path: Path, monkeypatch: pytest
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved) == {"machine", *bench.BENCHMARKS}
     assert "table fit" in (tmp_path / "bench.txt").read_text()
+
+
+def test_extract_benchmark_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(a) and (b) alternate for --rounds rounds; (b) re-extracts every cell each round."""
+    out = tmp_path / "extract.json"
+    assert bench.main(["extract", "--backbone", "test_efficientnet", "--image-size", "32",
+                       "--cells", "7", "--cells-per-slide", "3", "--batch-size", "4",
+                       "--rounds", "2", "--images", str(tmp_path / "none"), "--device", "cpu",
+                       "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["images"] == "generated" and res["batch_size"] == 4 and res["workers"] == 0
+    assert len(res["ceiling"]["rounds_cells_per_s"]) == len(res["cellmil"]["rounds_cells_per_s"]) == 2
+    assert res["cellmil"]["cells"] == 7 and res["naive"]["cells_per_s"] > 0
+    assert res["cellmil"]["cells_per_s"] == max(res["cellmil"]["rounds_cells_per_s"])
+    ratios = [b / a for a, b in zip(res["ceiling"]["rounds_cells_per_s"],
+                                    res["cellmil"]["rounds_cells_per_s"], strict=True)]
+    assert res["cellmil_over_ceiling"] == pytest.approx(sum(ratios) / 2)  # median of two
+    assert res["best_over_best"] == pytest.approx(
+        res["cellmil"]["cells_per_s"] / res["ceiling"]["cells_per_s"])
+    assert "(b)/(a)" in capsys.readouterr().out

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mil.extract import DELAY_ENV, config_path, main
-from mil.extract_data import load_image, to_rgb
+from mil.extract_data import load_image, resize_centre, to_rgb
 from mil.store import open_store
 
 TINY = ["--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "-q"]
@@ -73,6 +73,94 @@ def test_decode_modes(tmp_path) -> None:
     assert load_image(big, 16).dtype == np.uint8
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos"])
+@pytest.mark.parametrize(("h", "w", "size"), [(400, 400, 224), (401, 333, 224), (30, 20, 40)])
+def test_resize_centre_matches_pillow(h, w, size, interpolation) -> None:
+    """Shorter side to S + centre crop, within one grey level of Pillow (down- and upsampling)."""
+    from mil.extract_data import RESAMPLE
+
+    im = Image.fromarray((np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8))
+    ours = resize_centre(im, size, interpolation).astype(int)
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    ref = np.asarray(im.resize((nw, nh), RESAMPLE[interpolation]))[top:top + size, left:left + size]
+    diff = np.abs(ours - ref.astype(int))
+    assert ours.shape == (size, size, 3) and diff.max() <= 1 and diff.mean() < 0.02
+
+
+def test_jpeg_decoders_agree_and_fallback(tmp_path, monkeypatch) -> None:
+    """TorchCodec's JPEG pixels equal Pillow's; without TorchCodec, Pillow decodes them."""
+    import mil.extract_data as ed
+
+    rng = np.random.default_rng(1)
+    files = []
+    for mode, ext in (("RGB", "jpg"), ("L", "jpg"), ("CMYK", "jpg"), ("RGB", "png")):
+        arr = (rng.random((37, 53, 4 if mode == "CMYK" else 3)) * 255).astype(np.uint8)
+        im = Image.fromarray(arr[..., :3]).convert(mode) if mode != "CMYK" else Image.fromarray(arr, "CMYK")
+        files.append(tmp_path / f"x_{mode}.{ext}")
+        im.save(files[-1], progressive=mode == "L")
+    pillow = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    ed._decode_jpeg.clear()
+    assert [np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True)] == [True] * 4
+    if ed._decode_jpeg[0] is None:
+        pytest.skip("TorchCodec not importable here: only the Pillow path was checked")
+    monkeypatch.setattr(ed, "_decode_jpeg", [None])
+    assert all(np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True))
+
+
+def test_batch_decoding_threads_sizes_and_failures(tmp_path) -> None:
+    """A batch decoded on threads, with mixed sizes and bad files, equals one-by-one decoding."""
+    import torch
+
+    from mil.extract_data import CellImages, collate_cells
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for k, (h, w) in enumerate([(40, 40), (30, 50), (40, 40), (0, 0), (64, 20), (40, 40)]):
+        paths.append(str(tmp_path / f"c{k}.jpg"))
+        if h == 0:
+            Path(paths[-1]).write_bytes(b"\xff\xd8\xffjunk")
+            continue
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    threaded = CellImages(paths, 24, threads=3)
+    index, x, ok = collate_cells(threaded.__getitems__(list(range(len(paths)))))
+    assert index.tolist() == list(range(6)) and ok.tolist() == [True] * 3 + [False] + [True] * 2
+    assert x.shape == (6, 3, 24, 24) and x.dtype == torch.uint8
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    for i, p in enumerate(paths):
+        if i != 3:
+            assert np.array_equal(x[i].permute(1, 2, 0).numpy(), load_image(p, 24)), p
+    assert x[3].sum() == 0
+    single = CellImages(paths, 24)
+    assert all(torch.equal(single[i][1], x[i].permute(1, 2, 0)) for i in range(6))
+
+
+def test_normalise_matches_reference() -> None:
+    import torch
+
+    from mil.extract_data import normalise
+
+    x = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    out = normalise(x, mean, std)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_runtime_defaults_follow_the_device() -> None:
+    """CPU: decode in the main process, batch 64; GPU: worker processes, batch 128."""
+    from mil.extract import ExtractConfig, resolve_runtime
+
+    cpu = resolve_runtime(ExtractConfig(), "cpu")
+    assert (cpu.batch_size, cpu.workers) == (64, 0)
+    gpu = resolve_runtime(ExtractConfig(), "cuda")
+    assert gpu.batch_size == 128 and gpu.workers >= 1
+    mine = resolve_runtime(ExtractConfig(batch_size=5, workers=2), "cpu")
+    assert (mine.batch_size, mine.workers) == (5, 2)
+
+
 # -- end to end ---------------------------------------------------------------------------------
 def test_bad_files_resume_and_config(tmp_path, capsys) -> None:
     src = make_cohort(tmp_path / "cells", slides=3, cells=3)
@@ -110,6 +198,9 @@ def test_incompatible_append_refused_then_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "f.zarr"
     assert run(src, out, *TINY, "--workers", "0") == 0
     capsys.readouterr()
+    import yaml
+
+    assert yaml.safe_load(config_path(out).read_text())["batch_size"] == 64  # resolved, saved
     assert run(src, out, *TINY, "--workers", "0", "--image-size", "48") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "image_size" in err and "--overwrite" in err
