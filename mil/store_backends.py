@@ -227,17 +227,31 @@ class ZarrBackend:
     def array_attrs(self, key: str, name: str) -> dict[str, Any]:
         return dict(self._array(key, name).attrs)
 
-    def _create(self, grp: Any, name: str, data: np.ndarray) -> Any:
+    def _create(self, grp: Any, name: str, data: np.ndarray,
+                attrs: dict[str, Any] | None = None) -> Any:
+        """One array with its data and attributes in one call: each zarr call is a round trip
+        through zarr's event-loop thread, so metadata and data written together cost one."""
+        attributes = {k: _from_attr(_to_attr(v)) for k, v in (attrs or {}).items()}
         if name in STRING_ARRAYS:
-            data = np.asarray([str(s) for s in data], dtype=str)
-            arr = grp.create_array(name, shape=data.shape, dtype=str, chunks=(max(1, len(data)),))
+            strings = [str(s) for s in data]
+            chunks: Any = (max(1, len(strings)),)
+            compressors: Any = "auto"
+            if not hasattr(np.dtypes, "StringDType"):  # numpy 1.x: zarr's vlen string, two calls
+                arr = grp.create_array(name, shape=(len(strings),), dtype=str, chunks=chunks,
+                                       attributes=attributes)
+                if strings:
+                    arr[...] = np.asarray(strings, dtype=str)
+                return arr
+            data = np.asarray(strings, dtype=np.dtypes.StringDType())  # zarr's vlen-utf8 string
         else:
-            chunks = _row_chunks(data.shape, data.itemsize) if data.ndim and data.shape[0] else None
-            arr = grp.create_array(name, shape=data.shape, dtype=data.dtype,
-                                   chunks=chunks or "auto", compressors=None)
-        if data.size:
-            arr[...] = data
-        return arr
+            chunks = (_row_chunks(data.shape, data.itemsize) if data.ndim and data.shape[0]
+                      else None) or "auto"
+            compressors = None
+        if not data.size:  # nothing to write: metadata only
+            return grp.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                    compressors=compressors, attributes=attributes)
+        return grp.create_array(name, data=data, chunks=chunks, compressors=compressors,
+                                attributes=attributes)
 
     def write_slide(self, key: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
         stage = self.path / STAGING / key
@@ -245,13 +259,14 @@ class ZarrBackend:
             shutil.rmtree(stage)
         import zarr
 
-        grp = zarr.open_group(str(stage), mode="w")
+        # marked complete from birth: a staged group only becomes a slide when renamed into place
+        grp = zarr.create_group(str(stage), overwrite=True, attributes={
+            **{k: _from_attr(_to_attr(v)) for k, v in attrs.items()}, COMPLETE: True})
         for name, data in arrays.items():
             self._create(grp, name, data)
-        grp.attrs.update({**{k: _from_attr(_to_attr(v)) for k, v in attrs.items()}, COMPLETE: True})
         dest = self.path / "slides" / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if (self.path / "slides" / "zarr.json").exists() is False:
+        if not (self.path / "slides" / "zarr.json").exists():
             zarr.open_group(str(self.path / "slides"), mode="a")
         if dest.exists():
             shutil.rmtree(dest)
@@ -265,8 +280,7 @@ class ZarrBackend:
         if tmp.exists():
             shutil.rmtree(tmp)
         grp = zarr.open_group(str(base), mode="a")
-        arr = self._create(grp, tmp.name, data)
-        arr.attrs.update({k: _from_attr(_to_attr(v)) for k, v in attrs.items()})
+        self._create(grp, tmp.name, data, attrs)
         dest = base / name
         if dest.exists():
             shutil.rmtree(dest)
