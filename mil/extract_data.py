@@ -68,6 +68,7 @@ def _jpeg_decoder() -> Any:
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+DECODE_CHUNK = 16  # images held decoded at full size before their batched resize (bounds RAM)
 _decode_jpeg: list[Any] = []  # resolved once per process
 
 
@@ -164,20 +165,30 @@ class CellImages:
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[int, Any, bool]]:
-        if self.threads > 1 and len(indices) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(self.threads, len(indices))) as pool:
-                images = list(pool.map(self._decoded, indices))  # decoders release the GIL
-        else:
-            images = [self._decoded(i) for i in indices]
-        ok = [im is not None for im in images]
-        good = [im for im in images if im is not None]
-        resized = iter(resize_batch(good, self.size, self.interpolation) if good else [])
+        threads = min(self.threads, len(indices))
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        out: list[tuple[int, Any, bool]] = []
+        try:
+            for start in range(0, len(indices), DECODE_CHUNK):
+                part = indices[start:start + DECODE_CHUNK]
+                images = (list(pool.map(self._decoded, part)) if pool  # decoders drop the GIL
+                          else [self._decoded(i) for i in part])
+                out += self._resized(part, images)
+        finally:
+            if pool:
+                pool.shutdown()
+        return out
+
+    def _resized(self, indices: list[int], images: list[Any]) -> list[tuple[int, Any, bool]]:
         import torch
 
+        good = [im for im in images if im is not None]
+        resized = iter(resize_batch(good, self.size, self.interpolation) if good else [])
         blank = torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
-        return [(i, next(resized) if k else blank, k) for i, k in zip(indices, ok, strict=True)]
+        return [(i, next(resized) if im is not None else blank, im is not None)
+                for i, im in zip(indices, images, strict=True)]
 
     def _decoded(self, i: int) -> Any:
         try:

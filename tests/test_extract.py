@@ -109,11 +109,15 @@ def test_jpeg_decoders_agree_and_fallback(tmp_path, monkeypatch) -> None:
     assert all(np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True))
 
 
-def test_batch_decoding_threads_sizes_and_failures(tmp_path) -> None:
-    """A batch decoded on threads, with mixed sizes and bad files, equals one-by-one decoding."""
+def test_batch_decoding_threads_sizes_and_failures(tmp_path, monkeypatch) -> None:
+    """A batch decoded on threads, in chunks, with mixed sizes and bad files, equals one-by-one
+    decoding."""
     import torch
 
+    import mil.extract_data as ed
     from mil.extract_data import CellImages, collate_cells
+
+    monkeypatch.setattr(ed, "DECODE_CHUNK", 4)  # the batch of 6 spans two chunks
 
     rng = np.random.default_rng(2)
     paths = []
