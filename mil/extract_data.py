@@ -9,7 +9,8 @@ normalisation happen on the whole batch in the main process (4x less data betwee
 
 Decoding: JPEGs go to TorchCodec's libjpeg-turbo decoder (pixel-identical to Pillow's, without
 the GIL, so threads scale); everything else (TIFF, PNG, 16-bit, alpha, ...) goes to Pillow
-(:func:`to_rgb`). Without TorchCodec, Pillow decodes JPEGs too, with the same pixels.
+(:func:`to_rgb`), and so do JPEGs with an EXIF rotation (TorchCodec applies it, Pillow and
+timm do not). Without TorchCodec, Pillow decodes JPEGs too, with the same pixels.
 
 Resize follows timm's eval transform with ``crop_pct=1.0``: the shorter side is resized to
 ``S`` with the backbone's interpolation and the centre ``S x S`` is kept (cell crops are
@@ -72,6 +73,22 @@ DECODE_CHUNK = 16  # images held decoded at full size before their batched resiz
 _decode_jpeg: list[Any] = []  # resolved once per process
 
 
+def _exif_rotated(data: bytes) -> bool:
+    """A JPEG whose EXIF orientation is not 'normal': TorchCodec would rotate it, Pillow (and
+    timm's transform) do not, so such files go to Pillow."""
+    if b"Exif\x00\x00" not in data[:65536]:  # the APP1 segment comes first, if at all
+        return False
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.getexif().get(0x0112, 1) != 1
+    except Exception:  # noqa: BLE001 - unreadable header: let Pillow report it
+        return True
+
+
 def decode(path: str | Path) -> Any:
     """One image file -> ``uint8 (H, W, 3)`` RGB tensor; raises on unreadable files."""
     import io
@@ -80,7 +97,7 @@ def decode(path: str | Path) -> Any:
     from PIL import Image
 
     data = Path(path).read_bytes()
-    if data.startswith(JPEG_MAGIC):
+    if data.startswith(JPEG_MAGIC) and not _exif_rotated(data):
         if not _decode_jpeg:
             _decode_jpeg.append(_jpeg_decoder())
         if _decode_jpeg[0] is not None:

@@ -100,9 +100,13 @@ def test_jpeg_decoders_agree_and_fallback(tmp_path, monkeypatch) -> None:
         im = Image.fromarray(arr[..., :3]).convert(mode) if mode != "CMYK" else Image.fromarray(arr, "CMYK")
         files.append(tmp_path / f"x_{mode}.{ext}")
         im.save(files[-1], progressive=mode == "L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": TorchCodec would apply it, Pillow and timm do not
+    files.append(tmp_path / "x_exif.jpg")
+    Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8)).save(files[-1], exif=exif.tobytes())
     pillow = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     ed._decode_jpeg.clear()
-    assert [np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True)] == [True] * 4
+    assert [np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True)] == [True] * 5
     if ed._decode_jpeg[0] is None:
         pytest.skip("TorchCodec not importable here: only the Pillow path was checked")
     monkeypatch.setattr(ed, "_decode_jpeg", [None])
