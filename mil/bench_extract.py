@@ -168,9 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mil.allocator import keep_freed_memory
     from mil.backbone import build_backbone
     from mil.extract import ExtractConfig, resolve_device, resolve_runtime
+    from mil.types import CliError
 
     if args.rounds < 1 or args.cells < 1:
-        raise SystemExit("mil.bench extract: --rounds and --cells must be >= 1")
+        raise CliError(f"--rounds and --cells must be >= 1, got {args.rounds} and {args.cells}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

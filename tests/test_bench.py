@@ -56,3 +56,9 @@ def test_extract_benchmark_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert res["best_over_best"] == pytest.approx(
         res["cellmil"]["cells_per_s"] / res["ceiling"]["cells_per_s"])
     assert "(b)/(a)" in capsys.readouterr().out
+
+
+def test_extract_benchmark_bad_rounds_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["extract", "--rounds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rounds" in err
