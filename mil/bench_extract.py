@@ -110,7 +110,7 @@ class Ceiling:
         """Reduced precision only: the lowest cosine of its features to fp32's."""
         import torch
 
-        if self.args.precision == "32" or (self.args.precision == "auto" and self.device.type != "cuda"):
+        if self.args.precision == "32":
             return None
         with torch.inference_mode():
             fp32 = self.model(self.x)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from mil.allocator import keep_freed_memory
     from mil.backbone import build_backbone
-    from mil.extract import ExtractConfig, resolve_device, resolve_runtime
+    from mil.extract import ExtractConfig, resolve_device, resolve_precision, runtime
     from mil.types import CliError
 
     if args.rounds < 1 or args.cells < 1:
@@ -175,10 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.precision == "auto":
-        args.precision = "bf16" if device.type == "cuda" else "32"
-    rt = resolve_runtime(ExtractConfig(batch_size=args.batch_size, workers=args.workers), device.type)
-    args.batch_size, args.workers = rt.batch_size, rt.workers
+    args.precision = resolve_precision(args.precision, device.type)
+    args.batch_size, args.workers = runtime(
+        ExtractConfig(batch_size=args.batch_size, workers=args.workers), device.type)
     tuned = keep_freed_memory() if device.type == "cpu" else False  # as mil.extract does
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cellmil-bench-"))
     images = Path(args.images) if args.images else MATEK

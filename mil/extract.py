@@ -204,11 +204,17 @@ class SlideSink:
         self.summary.cells += len(kept)
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> bf16 on CUDA, 32 elsewhere; any other value as given."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "32"
+    return precision
+
+
 def autocast(device: Any, precision: str) -> Any:
     import torch
 
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "32"
+    precision = resolve_precision(precision, device.type)
     if precision == "32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -22,6 +22,8 @@ kernels, which implement Pillow's filters (every pixel within one grey level of
 
 from __future__ import annotations
 
+import functools
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,10 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
+@functools.cache
 def _jpeg_decoder() -> Any:
-    """TorchCodec's ``decode_jpeg``, or None where TorchCodec is missing or cannot load."""
+    """TorchCodec's ``decode_jpeg`` (looked up once per process), or None where TorchCodec is
+    missing or cannot load."""
     try:
         from torchcodec.decoders import decode_jpeg
     except Exception:  # noqa: BLE001 - not installed, or built for another torch: use Pillow
@@ -70,16 +74,13 @@ def _jpeg_decoder() -> Any:
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODE_CHUNK = 16  # images held decoded at full size before their batched resize (bounds RAM)
-_decode_jpeg: list[Any] = []  # resolved once per process
 
 
 def _exif_rotated(data: bytes) -> bool:
     """A JPEG whose EXIF orientation is not 'normal': TorchCodec would rotate it, Pillow (and
     timm's transform) do not, so such files go to Pillow."""
-    if b"Exif\x00\x00" not in data[:65536]:  # the APP1 segment comes first, if at all
+    if data.find(b"Exif\x00\x00", 0, 65536) < 0:  # the APP1 segment comes first, if at all
         return False
-    import io
-
     from PIL import Image
 
     try:
@@ -91,20 +92,16 @@ def _exif_rotated(data: bytes) -> bool:
 
 def decode(path: str | Path) -> Any:
     """One image file -> ``uint8 (H, W, 3)`` RGB tensor; raises on unreadable files."""
-    import io
-
     import torch
     from PIL import Image
 
     data = Path(path).read_bytes()
-    if data.startswith(JPEG_MAGIC) and not _exif_rotated(data):
-        if not _decode_jpeg:
-            _decode_jpeg.append(_jpeg_decoder())
-        if _decode_jpeg[0] is not None:
-            try:
-                return _decode_jpeg[0](data, mode="RGB").permute(1, 2, 0)  # (H, W, 3) view
-            except RuntimeError:
-                pass  # e.g. a 12-bit or arithmetic-coded JPEG: Pillow decides
+    jpeg = _jpeg_decoder() if data.startswith(JPEG_MAGIC) and not _exif_rotated(data) else None
+    if jpeg is not None:
+        try:
+            return jpeg(data, mode="RGB").permute(1, 2, 0)  # (H, W, 3) view
+        except RuntimeError:
+            pass  # e.g. a 12-bit or arithmetic-coded JPEG: Pillow decides
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, TIFF tag noise
         with Image.open(io.BytesIO(data)) as im:
@@ -146,14 +143,6 @@ def _pillow_resize(im: Any, nw: int, nh: int, interpolation: str) -> Any:
 
     small = Image.fromarray(im.numpy()).resize((nw, nh), RESAMPLE.get(interpolation, 3))
     return torch.from_numpy(np.array(small, dtype=np.uint8))
-
-
-def resize_centre(rgb: Any, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """One RGB Pillow image -> (S, S, 3) uint8, exactly as :func:`resize_batch` does it."""
-    import torch
-
-    im = torch.from_numpy(np.array(rgb.convert("RGB"), dtype=np.uint8))
-    return resize_batch([im], size, interpolation)[0].numpy()
 
 
 def load_image(path: str | Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
@@ -240,8 +229,7 @@ def normalise(x: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
     """
     import torch
 
-    scale = 1.0 / (255.0 * torch.tensor(std, device=x.device).view(1, 3, 1, 1))  # (1, 3, 1, 1)
-    shift = -torch.tensor(mean, device=x.device).view(1, 3, 1, 1) / torch.tensor(
-        std, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
     x = x.contiguous(memory_format=torch.channels_last).float()  # (B, 3, S, S)
-    return torch.addcmul(shift, x, scale)
+    return torch.addcmul(-m / s, x, 1.0 / (255.0 * s))

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mil.extract import DELAY_ENV, config_path, main
-from mil.extract_data import load_image, resize_centre, to_rgb
+from mil.extract_data import load_image, resize_batch, to_rgb
 from mil.store import open_store
 
 TINY = ["--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "-q"]
@@ -80,7 +80,9 @@ def test_resize_centre_matches_pillow(h, w, size, interpolation) -> None:
     from mil.extract_data import RESAMPLE
 
     im = Image.fromarray((np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8))
-    ours = resize_centre(im, size, interpolation).astype(int)
+    import torch
+
+    ours = resize_batch([torch.from_numpy(np.array(im))], size, interpolation)[0].numpy().astype(int)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     top, left = (nh - size) // 2, (nw - size) // 2
@@ -105,11 +107,11 @@ def test_jpeg_decoders_agree_and_fallback(tmp_path, monkeypatch) -> None:
     files.append(tmp_path / "x_exif.jpg")
     Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8)).save(files[-1], exif=exif.tobytes())
     pillow = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    ed._decode_jpeg.clear()
+    ed._jpeg_decoder.cache_clear()
     assert [np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True)] == [True] * 5
-    if ed._decode_jpeg[0] is None:
+    if ed._jpeg_decoder() is None:
         pytest.skip("TorchCodec not importable here: only the Pillow path was checked")
-    monkeypatch.setattr(ed, "_decode_jpeg", [None])
+    monkeypatch.setattr(ed, "_jpeg_decoder", lambda: None)
     assert all(np.array_equal(ed.decode(f).numpy(), p) for f, p in zip(files, pillow, strict=True))
 
 
