@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mil.errors import CliError
 from mil.stats import stratified_proportion, wilson_interval
-from mil.types import CliError
 
 BLAST, NONBLAST = "blast", "non-blast"
 SHEET_COLUMNS = ("row", "slide_id", "cell_id", "path", "predicted", "blast_prob", "expert")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mil.types import CliError
+from mil.errors import CliError
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 WEIGHT_MODES = ("auto", "hub", "none")

@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from mil.allocator import keep_freed_memory
     from mil.backbone import build_backbone
+    from mil.errors import CliError
     from mil.extract import ExtractConfig, resolve_device, resolve_precision, runtime
-    from mil.types import CliError
 
     if args.rounds < 1 or args.cells < 1:
         raise CliError(f"--rounds and --cells must be >= 1, got {args.rounds} and {args.cells}")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mil.config import add_config_arguments, resolve_config, save_config
-from mil.types import CliError
+from mil.errors import CliError
 
 log = logging.getLogger("mil.blast")
 

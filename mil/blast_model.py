@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mil.errors import CliError
 from mil.losses import build_loss
-from mil.types import CliError
 
 FORMAT = "cellmil.blastfilter/1"
 MODELS = ("linear", "mlp")

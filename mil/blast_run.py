@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mil.types import BLAST_PROB, CliError
+from mil.errors import CliError
+from mil.store import BLAST_PROB
 
 if TYPE_CHECKING:
     from mil.blast import FitConfig

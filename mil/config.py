@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mil.types import CliError
+from mil.errors import CliError
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mil.store import open_store
-from mil.types import BLAST_PROB, CliError, SlideId
+from mil.errors import CliError
+from mil.store import BLAST_PROB, SlideId, open_store
 from mil.weights import InstanceWeights
 
 log = logging.getLogger("mil")

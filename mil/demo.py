@@ -19,7 +19,7 @@ from typing import Any
 
 from mil.cli import run_cli, setup_logging
 from mil.config import add_config_arguments, resolve_config, save_config
-from mil.types import CliError
+from mil.errors import CliError
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mil.backbone import DEFAULT_BACKBONE
-from mil.types import CliError
+from mil.errors import CliError
 
 log = logging.getLogger("mil.extract")
 DELAY_ENV = "CELLMIL_EXTRACT_DELAY"  # test hook: seconds to sleep after each batch

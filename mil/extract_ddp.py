@@ -18,8 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from mil.errors import CliError
 from mil.extract import ExtractConfig, Summary, config_path, embed, log, store_attrs
-from mil.types import CliError
 
 
 def parts_dir(out: str | Path) -> Path:

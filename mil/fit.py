@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from mil.cli import run_cli, setup_logging
 from mil.config import add_config_arguments, config_dict, load_yaml, resolve_config, save_config
-from mil.types import CliError
+from mil.errors import CliError
 
 log = logging.getLogger("mil")
 # options that change how a run is executed, not what it computes: free to differ on resume

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mil.types import CliError
+from mil.errors import CliError
 
 log = logging.getLogger("mil.heatmap")
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mil.cli import run_cli, setup_logging, split_ids
-from mil.types import CliError, SlideId
+from mil.errors import CliError
+from mil.store import SlideId
 
 
 @dataclass

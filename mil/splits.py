@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mil.types import CliError, SlideId
+from mil.errors import CliError
+from mil.store import SlideId
 
 SCHEMA = "cellmil.splits/1"
 PARTS = ("train", "val", "test")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from mil.cli import run_cli, setup_logging
 from mil.config import add_config_arguments, resolve_config, save_config
-from mil.types import CliError
+from mil.errors import CliError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mil.types import BLAST_PROB, CliError, SlideId
+from mil.errors import CliError
+from mil.store import BLAST_PROB, SlideId
 
 log = logging.getLogger("mil")
 

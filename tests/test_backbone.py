@@ -11,8 +11,8 @@ from PIL import Image
 
 from mil import backbone
 from mil.backbone import build_backbone, read_checkpoint, timm_transform
+from mil.errors import CliError
 from mil.extract_data import load_image, normalise
-from mil.types import CliError
 
 TINY = "test_efficientnet"
 

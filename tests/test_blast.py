@@ -10,8 +10,8 @@ import torch
 from mil import blast
 from mil.audit import BLAST, NONBLAST, SampledCell, gallery_html, stratified_sample
 from mil.blast_model import grouped_folds, load_filter
-from mil.store import open_store
-from mil.types import BLAST_PROB, CliError
+from mil.errors import CliError
+from mil.store import BLAST_PROB, open_store
 from tests.conftest import make_store
 
 FAST = ["--epochs", "60", "--bootstrap", "20", "--folds", "3"]

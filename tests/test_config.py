@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from mil.config import add_config_arguments, load_yaml, resolve_config, save_config
-from mil.types import CliError
+from mil.errors import CliError
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mil.data import BagDataset, BagSource, BucketBatchSampler, collate_bags, read_labels
-from mil.types import CliError
+from mil.errors import CliError
 from mil.weights import InstanceWeights, parse_noise_rate, temper
 from tests.conftest import make_store, write_labels
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from mil.errors import CliError
 from mil.sources import find_cells
-from mil.types import CliError
 
 
 def _touch(p: Path) -> Path:

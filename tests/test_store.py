@@ -11,10 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mil import store as store_mod
+from mil.errors import CliError
 from mil.store import SCHEMA, decode_key, encode_key, open_store
-from mil.store_tools import convert, import_h5dir, info_text
-from mil.types import CliError
+from mil.store import cli as store_mod
+from mil.store.convert import convert, import_h5dir
+from mil.store.info import info_text
 from tests.conftest import make_store
 
 
@@ -168,7 +169,7 @@ def test_crash_mid_write_leaves_slide_absent(tmp_path: Path, store_suffix: str,
         if store_suffix == "h5":
             monkeypatch.setattr(h5py.File, "move", lambda *a, **k: (_ for _ in ()).throw(_Crash()))
         else:
-            import mil.store_backends as sb
+            import mil.store.backends as sb
 
             monkeypatch.setattr(sb.os, target, lambda *a, **k: (_ for _ in ()).throw(_Crash()))
     with pytest.raises(_Crash):
@@ -190,7 +191,7 @@ from mil.store import open_store
 st = open_store(sys.argv[1], "a")
 st.init({"backbone": "b", "feature_dim": 64})
 st.write_slide("done", np.ones((10, 64), np.float16), [str(i) for i in range(10)], ["p"] * 10)
-import mil.store_backends as sb
+import mil.store.backends as sb
 orig = sb.H5Backend._create if sys.argv[1].endswith(".h5") else sb.ZarrBackend._create
 def dying(self, grp, name, data):
     out = orig(self, grp, name, data)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from mil.errors import CliError
 from mil.synth import (
     CLASS_NAMES,
     SynthConfig,
@@ -23,7 +24,6 @@ from mil.synth import (
     write_montage,
 )
 from mil.synth_draw import CELL_TYPES, NON_BLAST_TYPES, render_cell
-from mil.types import CliError
 
 TINY = dict(slides=4, cells=8, image_size=64, noise=0.25, labelled=0.5)
 

@@ -1,8 +1,4 @@
-"""Shared vocabulary of cellmil.
-
-Shape letters used in comments throughout the package:
-B bags in a batch, N cells in a bag, D feature dimension, C classes, K attention branches.
-"""
+"""What the store holds for one slide."""
 
 from __future__ import annotations
 
@@ -12,12 +8,6 @@ import numpy as np
 
 SlideId = str
 CellId = str
-
-BLAST_PROB = "blast_prob"  # name of the per-cell annotation written by the blast filter
-
-
-class CliError(Exception):
-    """A user mistake (bad file, bad value): printed as one line, exit code 2, no traceback."""
 
 
 @dataclass

@@ -7,113 +7,27 @@
         st.init({"backbone": "tf_efficientnet_lite0", ...})
         st.write_slide("slide 7", feats, cell_ids, paths)      # atomic
         st.write_annotation("slide 7", "blast_prob", probs)    # beside the features
-
-``python -m mil.store info PATH | convert A B | import-h5dir DIR OUT``.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import string
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mil.types import Bag, CliError, SlideId
-
-SCHEMA_NAME = "cellmil.bagstore"
-SCHEMA_VERSION = 1
-SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
-SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
-# Arrays a slide always has; anything else under a slide is a per-cell annotation.
-CORE_ARRAYS = ("features", "cell_ids", "paths", "failed", "coords")
-# Root attributes that must match before features from two runs may share a store.
-COMPAT_KEYS = ("backbone", "weights_sha256", "image_size", "dtype", "feature_dim")
-
-_SAFE = set(string.ascii_lowercase + string.digits + "_-")
-_MAX_KEY = 180
-
-
-def encode_key(slide_id: SlideId) -> str:
-    """A file-system and HDF5 safe, case-insensitive-safe key for any slide id.
-
-    Bytes outside ``[a-z0-9_-]`` become ``%XX``; a key longer than 180 characters is cut and
-    suffixed with a hash (the original id is kept in the slide's attributes).
-    """
-    if not slide_id:
-        raise CliError("slide id may not be empty")
-    key = "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in slide_id.encode("utf-8"))
-    if len(key) > _MAX_KEY:
-        digest = hashlib.sha256(slide_id.encode("utf-8")).hexdigest()[:16]
-        cut = key[: _MAX_KEY - 17]
-        if "%" in cut[-2:]:  # do not split an escape
-            cut = cut[: cut.rindex("%")]
-        key = cut + "~" + digest
-    return key
-
-
-def file_name(slide_id: SlideId) -> str:
-    """A readable, traversal-proof file name for a slide's outputs (reports, attention CSVs).
-
-    Ids made only of ``[A-Za-z0-9._-]`` (not starting with a dot) are kept as they are; any other
-    id keeps its safe characters and gains ``-<hash>``, so ``../../x`` becomes ``_.._x-<hash>``.
-    """
-    if not slide_id:
-        raise CliError("slide id may not be empty")
-    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in slide_id)
-    if safe == slide_id and not slide_id.startswith(".") and len(slide_id) <= 120:
-        return slide_id
-    digest = hashlib.sha256(slide_id.encode("utf-8")).hexdigest()[:10]
-    return f"{safe.lstrip('.')[:100] or 'slide'}-{digest}"
-
-
-def decode_key(key: str) -> SlideId | None:
-    """The slide id of a key, or None for a hashed (long) key, whose id lives in its attributes."""
-    if "~" in key:
-        return None
-    out = bytearray()
-    i = 0
-    while i < len(key):
-        if key[i] == "%":
-            out.append(int(key[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(ord(key[i]))
-            i += 1
-    return out.decode("utf-8")
-
-
-def backend_of(path: str | Path) -> str:
-    """'hdf5' or 'zarr' from the suffix; anything else is a CliError."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise CliError(f"{path}: a bag store must end in .h5, .hdf5 or .zarr (got '{suffix}')")
-    return SUFFIXES[suffix]
-
-
-def check_schema(path: Path, attrs: dict[str, Any]) -> None:
-    """Refuse stores that are not cellmil bag stores, or of an unknown or newer schema."""
-    schema = attrs.get("schema")
-    if not isinstance(schema, str) or "/" not in schema:
-        raise CliError(f"{path}: not a cellmil bag store (no 'schema' attribute)")
-    name, _, version = schema.rpartition("/")
-    if name != SCHEMA_NAME or not version.isdigit():
-        raise CliError(f"{path}: unknown store schema '{schema}' (expected {SCHEMA})")
-    if int(version) > SCHEMA_VERSION:
-        raise CliError(f"{path}: store schema '{schema}' is newer than this cellmil "
-                       f"(reads up to {SCHEMA}); upgrade cellmil")
+from mil.errors import CliError
+from mil.provenance import feature_differences
+from mil.store.backends import H5Backend, ZarrBackend
+from mil.store.bag import Bag, SlideId
+from mil.store.keys import decode_key, encode_key
+from mil.store.schema import CORE_ARRAYS, SCHEMA, backend_of, check_schema, now
 
 
 class BagStore:
     """One interface over both backends. Use :func:`open_store` to get one."""
 
     def __init__(self, path: str | Path, mode: str = "r") -> None:
-        from mil.store_backends import H5Backend, ZarrBackend
-
         self.path = Path(path)
         self.kind = backend_of(self.path)
         if mode not in ("r", "a"):
@@ -156,21 +70,21 @@ class BagStore:
     def init(self, attrs: dict[str, Any], overwrite: bool = False) -> None:
         """Stamp a new store with its provenance; on an existing one check compatibility.
 
-        A store with slides made under other ``COMPAT_KEYS`` values is refused unless
+        A store with slides made under other feature settings (:data:`mil.provenance.FEATURE_KEYS`) is refused unless
         ``overwrite``, which deletes its slides first.
         """
         self._require_writable()
         old = self._b.root_attrs()
         if old and self.slides():
-            diff = [k for k in COMPAT_KEYS if k in attrs and k in old and old[k] != attrs[k]]
+            diff = feature_differences(old, attrs)
             if diff and not overwrite:
-                what = ", ".join(f"{k}: store has {old[k]!r}, this run {attrs[k]!r}" for k in diff)
+                what = ", ".join(f"{k}: store has {a!r}, this run {b!r}" for k, a, b in diff)
                 raise CliError(f"{self.path} was made with other settings ({what}); "
                                "use --overwrite to replace it or choose another output")
             if diff:
                 for sid in self.slides():
                     self.delete_slide(sid)
-        stamp = {"schema": SCHEMA, "created": old.get("created") or _now()}
+        stamp = {"schema": SCHEMA, "created": old.get("created") or now()}
         self._b.set_root_attrs({**attrs, **stamp})
 
     # -- reading ---------------------------------------------------------------------------
@@ -275,7 +189,7 @@ class BagStore:
         if coords is not None:
             arrays["coords"] = np.asarray(coords, dtype=np.float32).reshape(n, 2)
         meta = {**(attrs or {}), "slide_id": slide_id, "n_cells": n,
-                "n_failed": len(failed or []), "written": _now()}
+                "n_failed": len(failed or []), "written": now()}
         key = encode_key(slide_id)
         self._b.write_slide(key, arrays, meta)
         self._key_map()[slide_id] = key
@@ -290,7 +204,7 @@ class BagStore:
         values = np.asarray(values)
         if values.shape[0] != n:
             raise ValueError(f"slide '{slide_id}': {values.shape[0]} values for {n} cells")
-        self._b.write_array(self._key(slide_id), name, values, {**(attrs or {}), "written": _now()})
+        self._b.write_array(self._key(slide_id), name, values, {**(attrs or {}), "written": now()})
 
     def delete_slide(self, slide_id: SlideId) -> None:
         self._require_writable()
@@ -301,52 +215,3 @@ class BagStore:
 def open_store(path: str | Path, mode: str = "r") -> BagStore:
     """Open a bag store; the backend follows the suffix. ``mode`` is 'r' or 'a' (create)."""
     return BagStore(path, mode)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mil.store", description="Inspect and convert bag stores.")
-    sub = p.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="slides, cells, feature dim, backbone, weights, failed cells")
-    info.add_argument("path")
-    info.add_argument("--slides", action="store_true", help="one line per slide")
-    conv = sub.add_parser("convert", help="copy a store into the other backend, losslessly")
-    conv.add_argument("src")
-    conv.add_argument("dst")
-    conv.add_argument("--overwrite", action="store_true")
-    imp = sub.add_parser("import-h5dir", help="import CLAM/TRIDENT per-slide feature .h5 files")
-    imp.add_argument("src", help="folder of <slide_id>.h5 files with 'features' and optional 'coords'")
-    imp.add_argument("dst")
-    imp.add_argument("--backbone", default="unknown", help="name of the encoder that made them")
-    imp.add_argument("--overwrite", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from mil.cli import run_cli
-
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        from mil import store_tools
-
-        if args.command == "info":
-            print(store_tools.info_text(args.path, per_slide=args.slides))
-        elif args.command == "convert":
-            n = store_tools.convert(args.src, args.dst, overwrite=args.overwrite)
-            print(f"converted {n} slides: {args.src} -> {args.dst}")
-        else:
-            n = store_tools.import_h5dir(args.src, args.dst, backbone=args.backbone,
-                                         overwrite=args.overwrite)
-            print(f"imported {n} slides from {args.src} into {args.dst}")
-        return 0
-
-    return run_cli(body, "mil.store")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

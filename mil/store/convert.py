@@ -1,45 +1,15 @@
-"""What ``python -m mil.store`` does: describe, convert and import bag stores."""
+"""``python -m mil.store convert`` and ``import-h5dir``: copy stores, import CLAM/TRIDENT files."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from mil.store import BagStore, open_store
-from mil.types import CliError
-
-
-def info_text(path: str | Path, per_slide: bool = False) -> str:
-    """A readable summary: slides, cells, feature dim, backbone, weights, failed cells."""
-    st = open_store(path)
-    a = st.attrs
-    slides = st.slides()
-    counts = [st.slide_attrs(s) for s in slides]
-    n_cells = sum(int(c["n_cells"]) for c in counts)
-    n_failed = sum(int(c.get("n_failed", 0)) for c in counts)
-    weights = a.get("weights", {})
-    if isinstance(weights, dict):
-        weights = f"{weights.get('source', '?')} (sha256 {str(weights.get('sha256', '?'))[:16]})"
-    annots = sorted({n for s in slides for n in st.annotations(s)})
-    lines = [
-        f"store       {st.path} ({st.kind}, schema {a.get('schema')})",
-        f"slides      {len(slides)}",
-        f"cells       {n_cells}" + (f" (mean {n_cells / len(slides):.1f} per slide)" if slides else ""),
-        f"feature dim {a.get('feature_dim', '?')} ({a.get('dtype', '?')})",
-        f"backbone    {a.get('backbone', '?')} @ {a.get('image_size', '?')} px",
-        f"weights     {weights}",
-        f"annotations {', '.join(annots) or '-'}",
-        f"failed      {n_failed} cells",
-    ]
-    for sid in slides:
-        failed = st.strings(sid, "failed")
-        for f in failed:
-            lines.append(f"  failed in {sid}: {f}")
-    if per_slide:
-        lines.append("slide_id\tn_cells\tn_failed")
-        lines += [f"{s}\t{c['n_cells']}\t{c.get('n_failed', 0)}" for s, c in zip(slides, counts, strict=True)]
-    return "\n".join(lines)
+from mil.errors import CliError
+from mil.store.bagstore import BagStore, open_store
 
 
 def _prepare_dst(dst: str | Path, overwrite: bool) -> BagStore:
@@ -47,8 +17,6 @@ def _prepare_dst(dst: str | Path, overwrite: bool) -> BagStore:
     if p.exists():
         if not overwrite:
             raise CliError(f"{p} exists; use --overwrite to replace it")
-        import shutil
-
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     return open_store(p, "a")
 
@@ -85,8 +53,6 @@ def _h5_files(src: Path) -> list[Path]:
 def import_h5dir(src: str | Path, dst: str | Path, backbone: str = "unknown",
                  overwrite: bool = False) -> int:
     """Import CLAM/TRIDENT per-slide files (``features`` (N, D) or (1, N, D), ``coords`` (N, 2))."""
-    import h5py
-
     files = _h5_files(Path(src))
     dim = None
     with _prepare_dst(dst, overwrite) as d:

@@ -1,0 +1,3 @@
+from mil.store.cli import main
+
+raise SystemExit(main())
