@@ -90,7 +90,7 @@ class Ceiling:
     def _forward(self, batches: int) -> Any:
         import torch
 
-        from mil.extract import autocast
+        from mil.extract.pipeline import autocast
 
         with torch.inference_mode(), autocast(self.device, self.args.precision):
             for _ in range(batches):
@@ -119,7 +119,8 @@ class Ceiling:
 
 def cellmil(src: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
     """(b) mil.extract end to end into a fresh store (the model build is not timed)."""
-    from mil.extract import ExtractConfig, extract
+    from mil.extract.config import ExtractConfig
+    from mil.extract.pipeline import extract
 
     if out.is_dir():  # a zarr store
         shutil.rmtree(out)
@@ -140,7 +141,7 @@ def naive(bb: Any, src: Path, out: Path, args: argparse.Namespace, device: Any) 
     import torch
     from PIL import Image
 
-    from mil.backbone import timm_transform
+    from mil.extract.backbone import timm_transform
 
     tf = timm_transform(bb)
     model = bb.model.to(device, memory_format=torch.contiguous_format)
@@ -166,9 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from mil.allocator import keep_freed_memory
-    from mil.backbone import build_backbone
     from mil.errors import CliError
-    from mil.extract import ExtractConfig, resolve_device, resolve_precision, runtime
+    from mil.extract.backbone import build_backbone
+    from mil.extract.config import ExtractConfig, runtime
+    from mil.extract.pipeline import resolve_device, resolve_precision
 
     if args.rounds < 1 or args.cells < 1:
         raise CliError(f"--rounds and --cells must be >= 1, got {args.rounds} and {args.cells}")

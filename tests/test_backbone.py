@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mil import backbone
-from mil.backbone import build_backbone, read_checkpoint, timm_transform
 from mil.errors import CliError
-from mil.extract_data import load_image, normalise
+from mil.extract import backbone
+from mil.extract.backbone import build_backbone, read_checkpoint, timm_transform
+from mil.extract.images import load_image, normalise
 
 TINY = "test_efficientnet"
 

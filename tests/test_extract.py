@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mil.extract import DELAY_ENV, config_path, main
-from mil.extract_data import load_image, resize_batch, to_rgb
+from mil.extract.cli import main
+from mil.extract.config import DELAY_ENV, config_path
+from mil.extract.images import load_image, resize_batch, to_rgb
 from mil.store import open_store
 
 TINY = ["--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "-q"]
@@ -77,7 +78,7 @@ def test_decode_modes(tmp_path) -> None:
 @pytest.mark.parametrize(("h", "w", "size"), [(400, 400, 224), (401, 333, 224), (30, 20, 40)])
 def test_resize_centre_matches_pillow(h, w, size, interpolation) -> None:
     """Shorter side to S + centre crop, within one grey level of Pillow (down- and upsampling)."""
-    from mil.extract_data import RESAMPLE
+    from mil.extract.images import RESAMPLE
 
     im = Image.fromarray((np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8))
     import torch
@@ -93,7 +94,7 @@ def test_resize_centre_matches_pillow(h, w, size, interpolation) -> None:
 
 def test_jpeg_decoders_agree_and_fallback(tmp_path, monkeypatch) -> None:
     """TorchCodec's JPEG pixels equal Pillow's; without TorchCodec, Pillow decodes them."""
-    import mil.extract_data as ed
+    import mil.extract.images as ed
 
     rng = np.random.default_rng(1)
     files = []
@@ -120,8 +121,8 @@ def test_batch_decoding_threads_sizes_and_failures(tmp_path, monkeypatch) -> Non
     decoding."""
     import torch
 
-    import mil.extract_data as ed
-    from mil.extract_data import CellImages, collate_cells
+    import mil.extract.images as ed
+    from mil.extract.images import CellImages, collate_cells
 
     monkeypatch.setattr(ed, "DECODE_CHUNK", 4)  # the batch of 6 spans two chunks
 
@@ -149,7 +150,7 @@ def test_batch_decoding_threads_sizes_and_failures(tmp_path, monkeypatch) -> Non
 def test_normalise_matches_reference() -> None:
     import torch
 
-    from mil.extract_data import normalise
+    from mil.extract.images import normalise
 
     x = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # (B, 3, H, W)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -161,7 +162,7 @@ def test_normalise_matches_reference() -> None:
 
 def test_runtime_defaults_follow_the_device() -> None:
     """CPU: decode in the main process, batch 64; GPU: worker processes, batch 128."""
-    from mil.extract import ExtractConfig, resolve_runtime
+    from mil.extract.config import ExtractConfig, resolve_runtime
 
     cpu = resolve_runtime(ExtractConfig(), "cpu")
     assert (cpu.batch_size, cpu.workers) == (64, 0)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from mil.errors import CliError
-from mil.sources import find_cells
+from mil.extract.sources import find_cells
 
 
 def _touch(p: Path) -> Path:

@@ -14,12 +14,23 @@ equal to float tolerance, since batches are composed differently).
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+from lightning_fabric import Fabric
+from lightning_fabric.strategies import DDPStrategy
+
+from mil.config import save_config
 from mil.errors import CliError
-from mil.extract import ExtractConfig, Summary, config_path, embed, log, store_attrs
+from mil.extract.backbone import build_backbone
+from mil.extract.config import ExtractConfig, config_path, resolve_runtime
+from mil.extract.pipeline import embed, log, resolve_device, store_attrs
+from mil.extract.sink import SlideSink, Summary
+from mil.extract.sources import find_cells
+from mil.store import backend_of, open_store
 
 
 def parts_dir(out: str | Path) -> Path:
@@ -41,8 +52,6 @@ def assign(slide_ids: list[str], sizes: dict[str, int], world: int) -> list[list
 
 def merge_parts(store: Any, out: str | Path) -> int:
     """Copy every complete slide of the part stores into ``store``; delete the parts."""
-    from mil.store import open_store
-
     folder = parts_dir(out)
     if not folder.exists():
         return 0
@@ -64,9 +73,6 @@ def merge_parts(store: Any, out: str | Path) -> int:
 
 def _prepare(cfg: ExtractConfig, attrs: dict[str, Any]) -> list[str]:
     """Rank 0: check/stamp the store, recover a killed run's parts; the complete slides."""
-    from mil.config import save_config
-    from mil.store import open_store
-
     with open_store(cfg.out, "a") as store:
         store.init(attrs, overwrite=cfg.overwrite)
         recovered = merge_parts(store, cfg.out)
@@ -78,17 +84,6 @@ def _prepare(cfg: ExtractConfig, attrs: dict[str, Any]) -> list[str]:
 
 def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     """Run on every rank; returns the merged summary on rank 0 and None elsewhere."""
-    import time
-
-    import torch.distributed as dist
-    from lightning_fabric import Fabric
-    from lightning_fabric.strategies import DDPStrategy
-
-    from mil.backbone import build_backbone
-    from mil.extract import resolve_device, resolve_runtime
-    from mil.sources import find_cells
-    from mil.store import backend_of, open_store
-
     backend_of(cfg.out)
     cohort = find_cells(cfg.source, cfg.manifest)  # user errors surface before any launch
     t0 = time.perf_counter()
@@ -121,8 +116,6 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     mine = assign(pending, {s: len(cohort.slides[s]) for s in pending}, world)[rank]
     folder = parts_dir(cfg.out)
     folder.mkdir(parents=True, exist_ok=True)
-    from mil.extract import SlideSink
-
     with open_store(folder / f"rank-{rank:05d}{Path(cfg.out).suffix}", "a") as part:
         part.init(attrs, overwrite=True)
         sink = SlideSink(part, cohort, mine, bb.feature_dim, cfg.dtype)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mil.errors import CliError
+from mil.provenance import file_sha256
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 WEIGHT_MODES = ("auto", "hub", "none")
@@ -208,14 +209,6 @@ def apply_weights(model: Any, name: str, weights: str) -> dict[str, Any]:
     path = Path(weights).expanduser()
     _load(model, read_checkpoint(path), strict=True, what=str(path))
     return {"source": str(path.resolve()), "file_sha256": file_sha256(path)}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- model + preprocessing ----------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from mil.extract.cli import main
+
+raise SystemExit(main())

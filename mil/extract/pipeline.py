@@ -1,0 +1,131 @@
+"""The extraction pipeline: cell images -> frozen-backbone embeddings in a bag store.
+
+    python -m mil.extract cells/ features/cohort.h5                  # folder per slide
+    python -m mil.extract cells.csv features/cohort.zarr --workers 1   # CSV manifest
+    python -m mil.extract cells/ features/cohort.h5 --devices 4        # DDP, one store
+
+Batches run across slide boundaries (a flat, ordered dataset of all pending cells); a slide is
+committed atomically as soon as its last cell is embedded, so a re-run resumes where a killed
+run stopped and produces the same store. Unreadable images are skipped and listed per slide.
+The resolved config is written beside the store as ``OUT.config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy
+import PIL
+import timm
+import torch
+from tqdm import tqdm
+
+from mil import __version__
+from mil.allocator import keep_freed_memory
+from mil.config import config_dict, save_config
+from mil.errors import CliError
+from mil.extract.backbone import build_backbone
+from mil.extract.config import DELAY_ENV, ExtractConfig, config_path, resolve_runtime, runtime
+from mil.extract.images import CellImages, make_loader, normalise
+from mil.extract.sink import SlideSink, Summary
+from mil.extract.sources import find_cells
+from mil.store import backend_of, open_store
+
+log = logging.getLogger("mil.extract")
+
+
+def store_attrs(bb: Any, cfg: ExtractConfig) -> dict[str, Any]:
+    """Root attributes: the backbone's provenance, dtype, versions and the config."""
+    versions = {"cellmil": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                "pillow": PIL.__version__, "numpy": numpy.__version__,
+                "python": sys.version.split()[0]}
+    return {**bb.attrs(), "dtype": cfg.dtype, "versions": versions, "config": config_dict(cfg)}
+
+
+# -- the embedding loop -------------------------------------------------------------------------
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> bf16 on CUDA, 32 elsewhere; any other value as given."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "32"
+    return precision
+
+
+def autocast(device: Any, precision: str) -> Any:
+    precision = resolve_precision(precision, device.type)
+    if precision == "32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: bool) -> None:
+    """Run every cell of ``sink`` through the backbone, committing slides as they complete."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
+    model = bb.model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size, workers = runtime(cfg, device.type)
+    ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation,
+                    threads=torch.get_num_threads() if workers == 0 else 1)
+    loader = make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    bar = tqdm(total=len(ds), unit="cell", disable=None if progress else True, dynamic_ncols=True,
+               smoothing=0.1, file=sys.stderr)
+    with torch.inference_mode(), bar:
+        for index, x, ok in loader:  # index (B,), x (B, 3, S, S) uint8 channels_last, ok (B,)
+            feats = torch.zeros(len(index), bb.feature_dim)  # (B, D)
+            if ok.any():
+                xb = x.to(device, non_blocking=True)  # pinned on CUDA: an async copy
+                if not ok.all():
+                    xb = xb[ok.to(device)]
+                xb = normalise(xb, bb.mean, bb.std)
+                if not cfg.channels_last:
+                    xb = xb.contiguous()
+                with autocast(device, cfg.precision):
+                    feats[ok] = model(xb).float().cpu()
+            sink.put(index.numpy(), feats.numpy(), ok.numpy())
+            bar.update(len(index))
+            if delay:
+                time.sleep(delay)
+
+
+def resolve_device(name: str) -> Any:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda, but no CUDA device is available")
+    return torch.device(name)
+
+
+def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
+    """The single-process extraction (see :mod:`mil.extract.ddp` for several processes)."""
+    backend_of(cfg.out)
+    cohort = find_cells(cfg.source, cfg.manifest)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
+    bb = build_backbone(cfg.backbone, cfg.weights, cfg.image_size)
+    with open_store(cfg.out, "a") as store:
+        store.init(store_attrs(bb, cfg), overwrite=cfg.overwrite)
+        save_config(cfg, config_path(cfg.out))
+        done = set(store.slides())
+        pending = [s for s in cohort.slides if s not in done]
+        log.info("%s: %d slides, %d cells; %d slides already complete, %d to do",
+                 cfg.source, len(cohort.slides), cohort.n_cells(), len(done & set(cohort.slides)),
+                 len(pending))
+        sink = SlideSink(store, cohort, pending, bb.feature_dim, cfg.dtype)
+        t1 = time.perf_counter()
+        embed(bb, sink, cfg, device, progress)
+    summary = sink.summary
+    summary.embed_seconds = time.perf_counter() - t1
+    summary.skipped = len(cohort.slides) - len(pending)
+    summary.seconds = time.perf_counter() - t0
+    return summary
