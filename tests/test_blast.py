@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mil import blast
-from mil.audit import BLAST, NONBLAST, SampledCell, gallery_html, stratified_sample
-from mil.blast_model import grouped_folds, load_filter
+from mil.blast import cli as blast
+from mil.blast.audit import BLAST, NONBLAST, SampledCell, gallery_html, stratified_sample
+from mil.blast.model import grouped_folds, load_filter
 from mil.errors import CliError
 from mil.store import BLAST_PROB, open_store
 from tests.conftest import make_store
@@ -114,7 +114,7 @@ def test_predict_keeps_features_bit_identical_and_resumes(
         written = st.annotation_attrs("S00", BLAST_PROB)["written"]
         st.write_slide("NEW", np.ones((4, 8), np.float16), list("abcd"), list("abcd"))
     assert {p: p.read_bytes() for p in raw} == raw
-    from mil.blast_run import predict
+    from mil.blast.annotate import predict
 
     assert predict(str(path), str(flt)) == {"done": 3, "written": 1, "replaced": 0}
     assert predict(str(path), str(flt)) == {"done": 4, "written": 0, "replaced": 0}
@@ -147,7 +147,7 @@ def test_filter_refused_on_other_backbone(
 
 @pytest.mark.parametrize("content, match", [
     ("slide_id,cell_id,label\nS00,c000,maybe\n", "row 2: unknown label 'maybe'"),
-    ("slide_id,cell\nS00,c000\n", "lacks column"),
+    ("slide_id,cell\nS00,c000\n", "missing column"),
     ("slide_id,cell_id,label\nS00,c000,1\nS00,c000,0\n", "labelled twice"),
     ("slide_id,cell_id,label\nS00,c000,1\nS99,c000,0\n", "absent slide"),
     ("slide_id,cell_id,label\nS00,c999,1\n", "cell 'c999'"),
@@ -221,7 +221,7 @@ def test_score_unknown_expert_value(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_missing_images_become_placeholders(tmp_path: Path) -> None:
-    from mil.audit import write_gallery
+    from mil.blast.audit import write_gallery
 
     cells = [SampledCell(1, "S", "c", "nope.png", 0.7), SampledCell(2, "S", "d", "x.png", 0.2)]
     stats = write_gallery(tmp_path, cells, tmp_path / "missing_root")

@@ -86,7 +86,7 @@ def split(rows: list[dict], k: int, seed: int) -> list[int]:
 
 def fit_eval(name: str, train: list[dict], test: list[dict], model: str, loss: str) -> np.ndarray:
     """``mil.blast fit`` on the train cells; calibrated P(blast) of the test cells."""
-    from mil.blast_model import blast_probability, load_filter, predict_logits
+    from mil.blast.model import blast_probability, load_filter, predict_logits
     from mil.store import open_store
 
     f = WORK / "filters" / f"{name}_{model}_{loss}.pt"

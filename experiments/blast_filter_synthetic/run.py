@@ -44,7 +44,7 @@ def label_agreement(true: dict[tuple[str, str], int]) -> dict[str, float]:
 
 def all_probs(filter_path: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Calibrated blast probabilities of every cell, computed in memory (store untouched)."""
-    from mil.blast_model import blast_probability, load_filter, predict_logits
+    from mil.blast.model import blast_probability, load_filter, predict_logits
     from mil.store import open_store
 
     clf, meta = load_filter(filter_path)
@@ -118,7 +118,7 @@ def audit(model: str, loss: str, true: dict) -> dict:
 def coverage(loss: str, true: dict, repeats: int = 200) -> dict:
     """Re-draw the n=200 audit with seeds 0..repeats-1 (in memory, truth as the expert) and
     count how often the re-weighted Wilson interval holds the measured whole-store error."""
-    from mil.audit import stratified_sample
+    from mil.blast.audit import stratified_sample
     from mil.stats import stratified_proportion
 
     keys, p = all_probs(WORK / "filters" / f"linear_{loss}_s0.pt")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from mil.blast.labels import parse_label
 from mil.errors import CliError
 from mil.stats import stratified_proportion, wilson_interval
+from mil.store import BLAST_PROB, open_store
+from mil.store.images import image_root
+from mil.store.schema import now
+from mil.tables import read_rows, row_error
+
+log = logging.getLogger("mil.blast")
 
 BLAST, NONBLAST = "blast", "non-blast"
 SHEET_COLUMNS = ("row", "slide_id", "cell_id", "path", "predicted", "blast_prob", "expert")
-LABEL_VALUES = {"blast": 1, "1": 1, "non-blast": 0, "nonblast": 0, "non_blast": 0, "0": 0}
-
-
-def parse_label(value: str) -> int | None:
-    """1 (blast), 0 (non-blast) or None for an unknown value; case- and space-insensitive."""
-    return LABEL_VALUES.get(value.strip().lower())
 
 
 @dataclass(frozen=True)
@@ -159,25 +161,17 @@ def gallery_html(cells: list[SampledCell]) -> str:
 # -- scoring -----------------------------------------------------------------------------------
 def read_review(sheet: Path) -> tuple[list[tuple[int, int]], int]:
     """([(predicted, expert)] as 0/1, number of rows skipped for an empty expert cell)."""
-    if not sheet.is_file():
-        raise CliError(f"review sheet not found: {sheet}")
     pairs, skipped = [], 0
-    with sheet.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"predicted", "expert"} - {c.strip() for c in reader.fieldnames or []}
-        if missing:
-            raise CliError(f"{sheet}: lacks column(s) {', '.join(sorted(missing))}")
-        for row_no, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
-            if not row["expert"]:
-                skipped += 1
-                continue
-            pred, exp = parse_label(row["predicted"]), parse_label(row["expert"])
-            for name, val in (("predicted", pred), ("expert", exp)):
-                if val is None:
-                    raise CliError(f"{sheet}, row {row_no}: unknown {name} value "
-                                   f"{row[name]!r} (expected blast/non-blast or 1/0)")
-            pairs.append((int(pred), int(exp)))  # type: ignore[arg-type]
+    for row_no, row in read_rows(sheet, ("predicted", "expert"), what="review sheet"):
+        if not row["expert"]:
+            skipped += 1
+            continue
+        pred, exp = parse_label(row["predicted"]), parse_label(row["expert"])
+        for name, val in (("predicted", pred), ("expert", exp)):
+            if val is None:
+                raise row_error(sheet, row_no, f"unknown {name} value {row[name]!r} "
+                                               "(expected blast/non-blast or 1/0)")
+        pairs.append((int(pred), int(exp)))  # type: ignore[arg-type]
     return pairs, skipped
 
 
@@ -219,3 +213,55 @@ def score_review(sheet: Path) -> dict[str, Any]:
             "predicted_share": shares, "skipped_empty": skipped, "sheet": str(sheet),
             "note": "error_rate: estimated fraction of cells whose predicted class is wrong, "
                     "over the whole store (stratified sample re-weighted); use as the noise rate"}
+
+
+# -- audit -------------------------------------------------------------------------------------
+def audit(store_path: str, n: int, out: Path, seed: int = 0, source: str | None = None) -> Path:
+    """Sample ``n`` cells stratified by predicted class; write review.csv(+.json) and gallery."""
+    if n < 1:
+        raise CliError(f"--n must be at least 1, got {n}")
+    with open_store(store_path, "r") as store:
+        slides = store.slides()
+        lacking = [s for s in slides if BLAST_PROB not in store.annotations(s)]
+        if lacking or not slides:
+            raise CliError(f"{len(lacking)} of {len(slides)} slide(s) of {store_path} lack "
+                           f"{BLAST_PROB}; run 'python -m mil.blast predict' first")
+        probs = [np.asarray(store.annotation(s, BLAST_PROB), dtype=np.float64) for s in slides]
+        shas = sorted({str(store.annotation_attrs(s, BLAST_PROB).get("filter_sha256"))
+                       for s in slides})
+        picks = stratified_sample(probs, n, seed)
+        cache: dict[int, tuple[list[str], list[str]]] = {}
+        cells = []
+        for row, (si, ci) in enumerate(picks, start=1):
+            if si not in cache:
+                cache[si] = (store.strings(slides[si], "cell_ids"), store.strings(slides[si], "paths"))
+            cells.append(SampledCell(row, slides[si], cache[si][0][ci], cache[si][1][ci],
+                                     float(probs[si][ci])))
+        root = image_root(store.attrs, source, store_path)
+    flat = np.concatenate(probs)
+    n_blast = int((flat >= 0.5).sum())
+    meta: dict[str, Any] = {"store": str(store_path), "seed": seed, "n_requested": n, "n_sampled": len(cells),
+            "n_cells": int(flat.size), "predicted_count": {BLAST: n_blast, NONBLAST: int(flat.size) - n_blast},
+            "predicted_share": {BLAST: n_blast / flat.size, NONBLAST: 1 - n_blast / flat.size},
+            "sampled_count": {BLAST: sum(c.predicted == BLAST for c in cells),
+                              NONBLAST: sum(c.predicted == NONBLAST for c in cells)},
+            "filter_sha256": shas, "source_root": str(root) if root else None, "created": now(),
+            "design": "stratified by predicted class (blast_prob >= 0.5), equal allocation"}
+    sheet = write_sheet(out, cells, meta)
+    g = write_gallery(out, cells, root)
+    log.info("%d cells sampled (%d predicted blast) -> %s; gallery: %d sheet(s), %d image(s) "
+             "missing", len(cells), meta["sampled_count"][BLAST], sheet, g["sheets"], g["missing"])
+    return sheet
+
+
+def score(sheet: Path, out: str | None = None) -> dict[str, Any]:
+    """Score a filled review sheet and write the noise-rate JSON."""
+    result = score_review(sheet)
+    dest = Path(out) if out else sheet.with_name("noise.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if result["skipped_empty"]:
+        log.warning("warning: %d row(s) without an expert label skipped", result["skipped_empty"])
+    log.info("error rate %.3f [%.3f, %.3f] from %d reviewed cells -> %s", result["error_rate"],
+             *result["ci"], result["n"], dest)
+    return result

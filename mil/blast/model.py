@@ -21,7 +21,6 @@ fitted temperature from the clip at 20 down to ~2).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,10 @@ from torch import Tensor, nn
 
 from mil.errors import CliError
 from mil.losses import build_loss
+from mil.provenance import file_sha256
 
 FORMAT = "cellmil.blastfilter/1"
 MODELS = ("linear", "mlp")
-# Store attributes a filter must share with the store it is applied to.
-PROVENANCE_KEYS = ("backbone", "weights_sha256", "image_size", "feature_dim")
 
 
 class BlastClassifier(nn.Module):
@@ -174,14 +172,6 @@ def save_filter(path: str | Path, clf: BlastClassifier, **meta: Any) -> str:
     return file_sha256(path)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_filter(path: str | Path) -> tuple[BlastClassifier, dict[str, Any]]:
     """(classifier, metadata incl. ``sha256``) from a filter file; never unpickles code."""
     path = Path(path)
@@ -199,20 +189,3 @@ def load_filter(path: str | Path) -> tuple[BlastClassifier, dict[str, Any]]:
     meta = {k: v for k, v in obj.items() if k not in ("state_dict",)}
     meta["sha256"] = file_sha256(path)
     return clf.eval(), meta
-
-
-def check_provenance(filter_prov: dict[str, Any], store_attrs: dict[str, Any], store: str) -> None:
-    """Refuse a filter trained on features of another backbone, weights or image size."""
-    for key in PROVENANCE_KEYS:
-        mine, theirs = filter_prov.get(key), store_attrs.get(key)
-        if mine is not None and theirs is not None and str(mine) != str(theirs):
-            raise CliError(f"blast filter was trained on {key}={mine!r} but {store} has "
-                           f"{key}={theirs!r}; fit a filter on this store's features")
-
-
-def store_provenance(attrs: dict[str, Any], path: str) -> dict[str, Any]:
-    """What a filter records about the store it was trained on."""
-    prov = {k: attrs.get(k) for k in PROVENANCE_KEYS}
-    prov["weights"] = attrs.get("weights")
-    prov["store"] = str(path)
-    return prov

@@ -1,0 +1,11 @@
+"""Stage 2, the blast filter: an instance classifier on the stored embeddings.
+
+``labels`` reads expert cell labels, ``model`` is the classifier and its file format, ``train``
+cross-validates and fits it (``mil.blast fit``), ``annotate`` writes ``blast_prob`` into the
+store (``mil.blast predict``) and ``audit`` samples cells for expert review and scores it.
+"""
+
+from mil.blast.config import FilterConfig
+from mil.blast.labels import parse_label, read_cell_labels
+
+__all__ = ["FilterConfig", "parse_label", "read_cell_labels"]

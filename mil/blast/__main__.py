@@ -1,0 +1,3 @@
+from mil.blast.cli import main
+
+raise SystemExit(main())
