@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def _model(dim: int, classes: int) -> Any:
     import torch
 
-    from mil.model import MILClassifier
+    from mil.train.model import MILClassifier
 
     torch.manual_seed(0)
     return MILClassifier(dim, classes, hidden=128, attn_hidden=128, dropout=0.25)
@@ -89,7 +89,7 @@ class _RamSource:
 def _loaders(source: Any, ids: list[str], labels: list[int], batch_size: int) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader
 
-    from mil.data import BagDataset, BucketBatchSampler, collate_bags
+    from mil.train.data import BagDataset, BucketBatchSampler, collate_bags
 
     ds = BagDataset(source, ids, labels, train=True)
     padded = DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths(), batch_size,
@@ -101,8 +101,8 @@ def _loaders(source: Any, ids: list[str], labels: list[int], batch_size: int) ->
 
 def _child(store: str, batch_size: int, classes: int, stream: bool) -> None:
     """Subprocess body: one streamed (or preloaded) epoch; prints peak RSS as JSON."""
-    from mil.data import BagSource
     from mil.store import open_store
+    from mil.train.data import BagSource
 
     ids = open_store(store).slides()
     labels = [i % classes for i in range(len(ids))]

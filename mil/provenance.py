@@ -48,13 +48,12 @@ def feature_differences(want: Mapping[str, Any], got: Mapping[str, Any]) -> list
 
 
 def check_same_features(want: Mapping[str, Any], got: Mapping[str, Any], where: str | Path,
-                        *, expected: str = "the model's training features") -> None:
-    """Refuse features (``got``, described by ``where``) that differ from ``want``."""
+                        *, owner: str = "the model") -> None:
+    """Refuse features (``got``, described by ``where``) that differ from ``owner``'s ``want``."""
     diff = feature_differences(want, got)
     if diff:
-        what = "; ".join(f"{k} {b!r} (expected {a!r})" for k, a, b in diff)
-        raise CliError(f"{where}: features differ from {expected}: {what}; "
-                       "use features extracted with the same settings")
+        what = "; ".join(f"{k} {b!r} differs from {owner}'s {a!r}" for k, a, b in diff)
+        raise CliError(f"{where}: {what}; use features extracted with the same settings")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mil.heatmap import SlideAttention, SlideExport, export_slide
-from mil.report import write_index
+from mil.explain.attention import SlideAttention
+from mil.explain.export import SlideExport, export_slide
+from mil.explain.report import write_index
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium on PATH")

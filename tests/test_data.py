@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mil.data import BagDataset, BagSource, BucketBatchSampler, collate_bags, read_labels
 from mil.errors import CliError
-from mil.weights import InstanceWeights, parse_noise_rate, temper
+from mil.train.data import BagDataset, BagSource, BucketBatchSampler, collate_bags
+from mil.train.instance_weights import InstanceWeights, parse_noise_rate, temper
+from mil.train.labels import read_labels
 from tests.conftest import make_store, write_labels
 
 

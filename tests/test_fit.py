@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mil.fit import main
-from mil.splits import check_no_leak, load_splits
+from mil.train.splits import check_no_leak, load_splits
 from tests.conftest import make_store, write_labels
 
 

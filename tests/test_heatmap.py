@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mil.heatmap import SlideAttention, export_slide, normalise, percentiles, ranks, slide_folder
-from mil.model import MILClassifier
-from mil.occlusion import ensemble_occlusion, occlusion_deltas
+from mil.explain.attention import SlideAttention, percentiles, ranks
+from mil.explain.attention import normalise_attention as normalise
+from mil.explain.export import export_slide, slide_folder
+from mil.explain.occlusion import ensemble_occlusion, occlusion_deltas
+from mil.train.model import MILClassifier
 
 CLASSES = ["A", "B", "C"]
 
@@ -137,9 +139,9 @@ def make_run(tmp_path: Path, store: Path, *, pooling: str, weights: str = "none"
     import pytorch_lightning as pl
     import yaml
 
-    from mil.splits import Fold, save_splits
     from mil.store import open_store
-    from mil.system import MILSystem
+    from mil.train.lightning_module import MILSystem
+    from mil.train.splits import Fold, save_splits
 
     slides = open_store(store).slides()
     run = tmp_path / "run"
@@ -160,8 +162,8 @@ def make_run(tmp_path: Path, store: Path, *, pooling: str, weights: str = "none"
 
 def _direct(run: Path, fold: int | None, bag, weights: str) -> tuple[np.ndarray, np.ndarray]:
     """(probs (C,), attention (N, K)) of fold ``fold`` (None: mean of both) by a plain forward."""
-    from mil.model import blast_log_prior
-    from mil.predict import load_system
+    from mil.train.ensemble import load_system
+    from mil.train.model import blast_log_prior
 
     folds = [fold] if fold is not None else [0, 1]
     feats = torch.from_numpy(bag.features.astype(np.float32))[None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mil.model import (
+from mil.train.model import (
     GatedAttentionPool,
     MILClassifier,
     MILOutput,

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mil.predict import load_system, main, predict_slides
+from mil.predict import main
 from mil.store import file_name, open_store
+from mil.train.ensemble import load_system
+from mil.train.predict import predict_slides
 from tests.conftest import make_store
 
 

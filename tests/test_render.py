@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mil import render
+from mil.explain import render
 
 
 def test_colour_scale_ends_and_nan() -> None:

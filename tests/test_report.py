@@ -8,8 +8,9 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from mil.heatmap import SlideAttention, SlideExport, export_slide
-from mil.report import render_index, write_index
+from mil.explain.attention import SlideAttention
+from mil.explain.export import SlideExport, export_slide
+from mil.explain.report import render_index, write_index
 
 EVIL = "<script>alert(1)</script>"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mil.errors import CliError
-from mil.splits import Fold, check_no_leak, load_splits, make_splits, save_splits
+from mil.train.splits import Fold, check_no_leak, load_splits, make_splits, save_splits
 
 
 def make_cohort(*, n_patients: int = 30, classes: str = "ABC", max_slides: int = 3, seed: int = 0):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mil.data import collate_bags
-from mil.system import MILSystem, warmup_cosine
+from mil.train.data import collate_bags
+from mil.train.lightning_module import MILSystem, warmup_cosine
 from tests.conftest import make_labelled_store
 
 D = 6
@@ -89,11 +89,12 @@ def test_ddp_two_cpu_processes_match_full_data_metrics(tmp_path: Path):
     """2-process DDP (gloo, ddp_fork: no re-import): the logged val loss of the best epoch equals the loss of
     best.ckpt recomputed in one process over all validation slides, and training gets
     close to the one-process run."""
-    from mil.data import BagSource
-    from mil.fit import FitConfig, quiet_lightning, train_fold
-    from mil.predict import load_system, run_models
-    from mil.splits import Fold
-    from mil.weights import InstanceWeights
+    from mil.train.config import FitConfig
+    from mil.train.crossval import quiet_lightning, train_fold
+    from mil.train.data import BagSource
+    from mil.train.ensemble import load_system, run_models
+    from mil.train.instance_weights import InstanceWeights
+    from mil.train.splits import Fold
 
     quiet_lightning()
     st, _ = make_labelled_store(tmp_path / "s.h5", slides=20, shift=3.0)

@@ -83,7 +83,7 @@ def main() -> int:
     if not args.store.exists():
         subprocess.run([sys.executable, "-m", "mil.extract", str(args.cohort / "images"),
                         str(args.store)], check=True)
-    from mil.splits import make_splits
+    from mil.train.splits import make_splits
 
     with (args.cohort / "slides.csv").open() as fh:
         rows = {r["slide_id"]: r for r in csv.DictReader(fh)}

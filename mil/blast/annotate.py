@@ -21,7 +21,7 @@ def predict(store_path: str, filter_path: str, overwrite: bool = False) -> dict[
     clf, meta = load_filter(filter_path)
     with open_store(store_path, "a") as store:
         check_same_features(meta["provenance"], store.attrs, store_path,
-                            expected=f"the features blast filter {filter_path} was trained on")
+                            owner=f"blast filter {filter_path}")
         todo, done, other = [], 0, []
         for sid in store.slides():
             if BLAST_PROB in store.annotations(sid):

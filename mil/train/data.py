@@ -1,4 +1,4 @@
-"""Bags for training: labels CSV, bag sources (RAM or streamed), padding collate, samplers.
+"""Bags for training: bag sources (RAM or streamed), padding collate, samplers, the data module.
 
     source = BagSource("features/cohort.h5", slide_ids, weights=InstanceWeights("prior"))
     ds = BagDataset(source, slide_ids, labels, max_cells=512, train=True)
@@ -12,11 +12,9 @@ opened lazily once per worker by the store), so memory is bounded by the batch, 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,64 +23,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mil.errors import CliError
 from mil.store import BLAST_PROB, SlideId, open_store
-from mil.weights import InstanceWeights
+from mil.train.instance_weights import InstanceWeights
 
 log = logging.getLogger("mil")
-
-
-# -- labels -----------------------------------------------------------------------------------
-@dataclass
-class LabelTable:
-    """Slides with their class index, patient and the class names (index order)."""
-
-    slide_ids: list[SlideId]
-    labels: list[int]
-    patients: list[str]
-    classes: list[str]
-
-    def label_of(self) -> dict[SlideId, int]:
-        return dict(zip(self.slide_ids, self.labels, strict=True))
-
-
-def read_labels(path: str | Path, classes: Sequence[str] | None = None,
-                in_store: Sequence[SlideId] | None = None) -> LabelTable:
-    """Read ``slide_id,label[,patient_id]``; every mistake is a one-line :class:`CliError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"labels file not found: {p}")
-    with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("slide_id", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CliError(f"{p}: missing column(s) {', '.join(missing)} "
-                           "(need slide_id,label[,patient_id])")
-        rows = [(i + 2, r) for i, r in enumerate(reader)]  # row 1 is the header
-    if not rows:
-        raise CliError(f"{p}: no label rows")
-    names = list(classes) if classes else sorted({r["label"].strip() for _, r in rows})
-    index = {c: i for i, c in enumerate(names)}
-    has_patient = "patient_id" in (rows[0][1] or {})
-    slides, labels, patients = [], [], []
-    for line, r in rows:
-        sid, lab = (r["slide_id"] or "").strip(), (r["label"] or "").strip()
-        if not sid or not lab:
-            raise CliError(f"{p} row {line}: empty slide_id or label")
-        if lab not in index:
-            raise CliError(f"{p} row {line}: class '{lab}' of slide '{sid}' is not one of "
-                           f"--classes {','.join(names)}")
-        patient = (r.get("patient_id") or "").strip() if has_patient else ""
-        slides.append(sid)
-        labels.append(index[lab])
-        patients.append(patient or sid)
-    if in_store is not None:
-        known = set(in_store)
-        absent = [s for s in slides if s not in known]
-        if absent:
-            shown = ", ".join(absent[:5]) + (f" (+{len(absent) - 5} more)" if len(absent) > 5 else "")
-            raise CliError(f"{p}: {len(absent)} labelled slide(s) not in the store: {shown}")
-    return LabelTable(slides, labels, patients, names)
 
 
 # -- bag sources ------------------------------------------------------------------------------

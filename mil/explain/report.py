@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from mil.heatmap import SlideExport
+from mil.explain.export import SlideExport
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }

@@ -65,15 +65,10 @@ def ensemble_occlusion(models: Sequence[nn.Module], feats: np.ndarray | Tensor, 
 
 def system_occlusion(systems: Sequence[nn.Module], feats: np.ndarray, prob: np.ndarray | None,
                      target: int) -> np.ndarray:
-    """:func:`ensemble_occlusion` for trained :class:`mil.system.MILSystem` s: the attention prior
-    is rebuilt from the bag's tempered ``prob (N,)`` exactly as their ``forward`` does."""
-    from mil.model import blast_log_prior
-
+    """:func:`ensemble_occlusion` for trained :class:`mil.train.lightning_module.MILSystem` s,
+    with the attention prior their own ``log_prior`` makes from the bag's tempered ``prob (N,)``."""
     deltas = []
     for s in systems:
-        hp = s.hparams
-        lp = None
-        if hp.get("instance_weights") == "prior" and prob is not None:
-            lp = blast_log_prior(torch.as_tensor(prob, dtype=torch.float32), hp["prior_strength"])
-        deltas.append(occlusion_deltas(s.model, feats, target, lp))
+        p = None if prob is None else torch.as_tensor(prob, dtype=torch.float32)  # (N,)
+        deltas.append(occlusion_deltas(s.model, feats, target, s.log_prior(p)))
     return np.mean(np.stack(deltas), axis=0)  # (N,)

@@ -22,7 +22,7 @@ from torchmetrics.classification import (
 )
 
 from mil.losses import build_loss
-from mil.model import MILClassifier, MILOutput, blast_log_prior
+from mil.train.model import MILClassifier, MILOutput, blast_log_prior
 
 
 def make_metrics(n_classes: int) -> MetricCollection:
@@ -74,11 +74,14 @@ class MILSystem(pl.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.val_loss = MeanMetric()
 
+    def log_prior(self, prob: Tensor | None) -> Tensor | None:
+        """The attention prior from tempered blast probabilities ``prob (..., N)`` (prior mode)."""
+        if self.hparams["instance_weights"] != "prior" or prob is None:
+            return None
+        return blast_log_prior(prob, self.hparams["prior_strength"])  # (..., N)
+
     def forward(self, batch: dict[str, Tensor | None]) -> MILOutput:
-        prob = batch.get("prob")
-        log_prior = None
-        if self.hparams["instance_weights"] == "prior" and prob is not None:
-            log_prior = blast_log_prior(prob, self.hparams["prior_strength"])  # (B, N)
+        log_prior = self.log_prior(batch.get("prob"))  # (B, N) or None
         return self.model(batch["feats"], batch["mask"], log_prior)  # logits (B, C), attn (B, N, K)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -1,0 +1,115 @@
+"""Trained models that predict together: the folds of a run (or one fold), on any bag store.
+
+Probabilities are the mean of the models' softmax; attention is averaged over them. The
+instance-weight mode (and its threshold, prior strength, noise rate) is the run's; cells the
+``filter`` mode drops get attention 0. A store whose features differ from the training store's
+(:data:`mil.provenance.FEATURE_KEYS`) is refused. Checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mil.errors import CliError
+from mil.provenance import check_same_features
+from mil.store import BLAST_PROB, SlideId, open_store
+from mil.train.data import BagDataset, BagSource, BucketBatchSampler, collate_bags
+from mil.train.instance_weights import InstanceWeights, parse_noise_rate
+from mil.train.lightning_module import MILSystem
+
+
+@dataclass
+class SlidePrediction:
+    """The ensemble's output for one slide."""
+
+    slide_id: SlideId
+    probs: Any  # (C,) np.float32
+    attention: Any  # (N, K) np.float32 over all stored cells, fold mean
+    cell_ids: list[str]
+    paths: list[str]
+    blast_prob: Any | None  # (N,) as stored (not tempered), None when absent
+    classes: list[str]
+
+
+def load_system(ckpt: str | Path) -> MILSystem:
+    """A trained :class:`MILSystem` in eval mode, on CPU (``weights_only=True``)."""
+    if not Path(ckpt).is_file():
+        raise CliError(f"checkpoint not found: {ckpt}")
+    return MILSystem.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True).eval()
+
+
+def run_weights(config: Mapping[str, Any]) -> InstanceWeights:
+    """The instance weights a run was trained with, from its saved config."""
+    return InstanceWeights(config.get("instance_weights", "none"),
+                           config.get("filter_threshold", 0.5), config.get("prior_strength", 1.0),
+                           parse_noise_rate(config.get("noise_rate")))
+
+
+def run_models(systems: list[Any], source: Any, slide_ids: list[SlideId],
+               batch_size: int = 8) -> dict[SlideId, tuple[Any, Any]]:
+    """slide -> (probs (C,), attn (n_kept, K)), each the mean over ``systems``."""
+    ds = BagDataset(source, slide_ids)
+    batches = list(BucketBatchSampler(ds.lengths(), batch_size))
+    sums: dict[int, list[Any]] = {}
+    with torch.inference_mode():
+        for idx in batches:
+            batch = collate_bags([ds[i] for i in idx])
+            for system in systems:
+                for r in system.predict_step(batch):
+                    acc = sums.setdefault(r["index"], [0.0, 0.0])
+                    acc[0] = acc[0] + r["probs"]
+                    acc[1] = acc[1] + r["attn"]
+    m = len(systems)
+    return {slide_ids[i]: ((p / m).numpy(), (a / m).numpy()) for i, (p, a) in sums.items()}
+
+
+def ensemble_probs(ckpts: list[Path], source: Any, slide_ids: list[SlideId]) -> Any:
+    """(n, C) mean softmax of the checkpoints over ``slide_ids`` (in that order)."""
+    out = run_models([load_system(c) for c in ckpts], source, list(slide_ids))
+    return np.stack([out[s][0] for s in slide_ids])
+
+
+class Ensemble:
+    """The models of ``ckpts`` with the run's instance weights; ``label`` says which they are."""
+
+    def __init__(self, ckpts: Sequence[str | Path], config: Mapping[str, Any], label: str = "") -> None:
+        self.ckpts = [Path(c) for c in ckpts]
+        self.systems = [load_system(c) for c in self.ckpts]
+        self.hparams = self.systems[0].hparams
+        self.classes: list[str] = list(self.hparams["classes"])
+        self.weights = run_weights(config)
+        self.label = label
+
+    def source(self, store: str | Path, slides: Sequence[SlideId] | None = None) -> BagSource:
+        """The bags of ``slides`` (default: all) of ``store``, checked against the training features."""
+        st = open_store(store)
+        check_same_features(self.hparams.get("provenance") or {}, st.attrs, store,
+                            owner="the run")
+        slides = list(slides) if slides else st.slides()
+        if not slides:
+            raise CliError(f"{store}: no slides to predict")
+        missing = [s for s in slides if s not in st]
+        if missing:
+            raise CliError(f"{store}: no slide(s) {', '.join(missing[:5])}")
+        return BagSource(store, slides, self.weights, stream=True)
+
+    def predict(self, source: BagSource, batch_size: int = 8) -> list[SlidePrediction]:
+        """Every slide of ``source``, attention spread back over all its stored cells."""
+        slides = list(source.rows)
+        out = run_models(self.systems, source, slides, batch_size)
+        st, results = source.store, []
+        for sid in slides:
+            probs, attn = out[sid]  # (C,), (n_kept, K)
+            rows = source.rows[sid]
+            full = np.zeros((st.n_cells(sid), attn.shape[1]), dtype=np.float32)  # (N, K)
+            full[rows if rows is not None else slice(None)] = attn
+            results.append(SlidePrediction(sid, probs, full, st.strings(sid, "cell_ids"),
+                                           st.strings(sid, "paths"), st.annotation(sid, BLAST_PROB),
+                                           self.classes))
+        return results
