@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mil.cli import run_cli, setup_logging
-from mil.config import add_config_arguments, resolve_config, save_config
+from mil.cli import Command, run_command, stage_command
+from mil.config import save_config
 from mil.errors import CliError
 
 
@@ -47,10 +47,8 @@ def _stage(n: int, title: str, t0: float) -> None:
 
 def _call(module: str, argv: list[str]) -> None:
     """Run ``python -m mil.<module> argv`` in-process; a failure stops the demo."""
-    import importlib
-
     print("$ python -m mil." + module + " " + " ".join(argv), flush=True)
-    code = importlib.import_module(f"mil.{module}").main(argv)
+    code = run_command(stage_command(module), argv)
     if code != 0:
         raise CliError(f"stage mil.{module} failed with exit code {code}")
 
@@ -112,7 +110,7 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
 
 def _truth_accuracy(store: Path, cells_csv: Path) -> float:
     """Blast filter accuracy against the synth's true cell types, over every cell."""
-    import numpy as np
+    import numpy as np  # deferred: the demo's --help stays instant
 
     from mil.store import open_store
 
@@ -165,22 +163,16 @@ def summarise(out: Path, filt: Path, noise: Path, run: Path, report: Path,
     return s
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mil.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file; flags win")
-    add_config_arguments(p, DemoConfig)
-    return p
+def _demo(args: argparse.Namespace) -> None:
+    _run(args.cfg)
+
+
+COMMAND = Command(name="demo", help="the whole method on a synthetic cohort, in minutes",
+                  description=(__doc__ or "").splitlines()[0], config=DemoConfig, run=_demo)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-
-    def body() -> int:
-        _run(resolve_config(DemoConfig, args))
-        return 0
-
-    return run_cli(body, "mil.demo")
+    return run_command(COMMAND, argv)
 
 
 if __name__ == "__main__":

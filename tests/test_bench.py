@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mil import bench
+from mil.bench import cli as bench
 
 
 def test_store_benchmark_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

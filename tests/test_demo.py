@@ -27,9 +27,12 @@ def test_quick_sizes_and_overrides() -> None:
 
 def test_failed_stage_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import mil.synth
+    from mil.cli import Command
+    from mil.synth import cli as synth_cli
 
-    monkeypatch.setattr(mil.synth, "main", lambda argv: 2)
+    failing = Command("synth", "fails", run=lambda args: 2, config=synth_cli.SynthConfig,
+                      arguments=lambda p: p.add_argument("out"))
+    monkeypatch.setattr(synth_cli, "COMMAND", failing)
     assert demo.main(["--out", str(tmp_path / "d"), "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "mil.demo: error: stage mil.synth failed with exit code 2"

@@ -14,16 +14,11 @@ import yaml
 from PIL import Image
 
 from mil.errors import CliError
-from mil.synth import (
-    CLASS_NAMES,
-    SynthConfig,
-    main,
-    make_cohort,
-    png_bytes,
-    slide_plan,
-    write_montage,
-)
-from mil.synth_draw import CELL_TYPES, NON_BLAST_TYPES, render_cell
+from mil.synth.cells import CELL_TYPES, NON_BLAST_TYPES, render_cell
+from mil.synth.cli import main
+from mil.synth.cohort import make_cohort, png_bytes, slide_plan
+from mil.synth.config import CLASS_NAMES, SynthConfig
+from mil.synth.montage import write_montage
 
 TINY = dict(slides=4, cells=8, image_size=64, noise=0.25, labelled=0.5)
 

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
+HELP = "bag store write and random-access read speed (h5 vs zarr)"
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("store", help="bag store write and random-access read speed (h5 vs zarr)")
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bags", type=int, default=1000)
     p.add_argument("--cells", type=int, default=500)
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--backends", default="h5,zarr", help="comma-separated: h5,zarr")
     p.add_argument("--dir", default=None, help="where to write the stores (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0)
-    return p
 
 
 def _bench_backend(path: Path, bags: int, cells: int, dim: int, seed: int) -> dict[str, float]:

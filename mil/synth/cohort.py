@@ -1,4 +1,4 @@
-"""python -m mil.synth: a synthetic AML cohort of May-Gruenwald-Giemsa stained single cells.
+"""``python -m mil.synth``: a synthetic AML cohort of May-Gruenwald-Giemsa stained single cells.
 
 Each slide carries one of K genetic classes. The class changes only the blasts, and only part of
 them (the slide's cue share): PML-RARA Auer rods + coarse azurophilic granules, NPM1 a cup-like
@@ -15,81 +15,26 @@ the same cells) and ``config.yaml``. Same seed -> byte-identical files, whatever
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
 import shutil
+import struct
 import time
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mil.cli import run_cli, setup_logging
-from mil.config import add_config_arguments, resolve_config, save_config
+import numpy as np
+
+from mil.config import save_config
 from mil.errors import CliError
-
-if TYPE_CHECKING:
-    import numpy as np
+from mil.synth.canvas import draw_stain
+from mil.synth.cells import render_cell
+from mil.synth.config import MIX_CONCENTRATION, NON_BLAST_MIX, SynthConfig, class_names
+from mil.synth.montage import write_montage
 
 log = logging.getLogger("mil.synth")
-
-CLASS_NAMES = ("PML-RARA", "NPM1", "CBFB-MYH11", "RUNX1-RUNX1T1", "KMT2A-MLLT3", "CEBPA")
-NON_BLAST_MIX = {"neutrophil": 0.45, "lymphocyte": 0.30, "monocyte": 0.15, "eosinophil": 0.10}
-# Each slide draws its own non-blast mix from Dirichlet(MIX_CONCENTRATION * NON_BLAST_MIX): marrow
-# composition varies between patients, and since eosinophil granules, monocyte vacuoles and
-# indented nuclei resemble the blast cues, a mean over all cells becomes a poor class summary.
-MIX_CONCENTRATION = 6.0
-
-
-@dataclass
-class SynthConfig:
-    """Options of ``python -m mil.synth`` (and keywords of :func:`make_cohort`)."""
-
-    slides: int = field(default=40, metadata={"help": "number of slides"})
-    cells: int = field(default=64, metadata={"help": "cells per slide"})
-    classes: int = field(default=4, metadata={"help": f"genetic classes K (2-{len(CLASS_NAMES)})"})
-    noise: float = field(default=0.2, metadata={"help": "share of expert cell labels flipped"})
-    labelled: float = field(default=0.3, metadata={"help": "share of cells with an expert label"})
-    image_size: int = field(default=128, metadata={"help": "image side in pixels"})
-    seed: int = field(default=0, metadata={"help": "random seed (same seed, same bytes)"})
-    workers: int = field(default=1, metadata={"help": "processes drawing slides in parallel"})
-    blast_min: float = field(default=0.15, metadata={"help": "lowest slide blast share"})
-    blast_max: float = field(default=0.85, metadata={"help": "highest slide blast share"})
-    cue_min: float = field(default=0.5, metadata={"help": "lowest share of blasts showing the cue"})
-    cue_max: float = field(default=0.7, metadata={"help": "highest share of blasts showing the cue"})
-    paired: float = field(default=0.2, metadata={"help": "share of patients with two slides"})
-    montage: Path | None = field(default=None, metadata={"help": "also write a labelled grid PNG"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing cohort in OUT"})
-
-    def validate(self) -> None:
-        """Reject impossible values with a one-line :class:`CliError`."""
-        checks = [
-            (self.slides >= 1, f"--slides must be >= 1, got {self.slides}"),
-            (self.cells >= 1, f"--cells must be >= 1, got {self.cells}"),
-            (2 <= self.classes <= len(CLASS_NAMES),
-             f"--classes must be 2..{len(CLASS_NAMES)}, got {self.classes}"),
-            (0.0 <= self.noise <= 1.0, f"--noise must be in [0, 1], got {self.noise}"),
-            (0.0 <= self.labelled <= 1.0, f"--labelled must be in [0, 1], got {self.labelled}"),
-            (self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}"),
-            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-            (0.0 <= self.blast_min <= self.blast_max <= 1.0,
-             f"need 0 <= --blast-min <= --blast-max <= 1, got {self.blast_min}, {self.blast_max}"),
-            (0.0 <= self.cue_min <= self.cue_max <= 1.0,
-             f"need 0 <= --cue-min <= --cue-max <= 1, got {self.cue_min}, {self.cue_max}"),
-            (0.0 <= self.paired <= 1.0, f"--paired must be in [0, 1], got {self.paired}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CliError(message)
-
-
-def class_names(k: int) -> tuple[str, ...]:
-    """The first ``k`` class names (each has its own blast cue)."""
-    if not 2 <= k <= len(CLASS_NAMES):
-        raise CliError(f"--classes must be 2..{len(CLASS_NAMES)}, got {k}")
-    return CLASS_NAMES[:k]
-
 
 @dataclass(frozen=True)
 class CohortInfo:
@@ -133,8 +78,6 @@ def slide_plan(slides: int, classes: int, paired: float, seed: int) -> list[tupl
     """(slide_id, label, patient_id) rows. About ``paired`` of the patients have two slides (same
     label); labels go to patients greedily so slide counts per class differ by at most one or
     two; slide ids follow a shuffled order so a patient's slides are not neighbours."""
-    import numpy as np
-
     rng = np.random.default_rng([seed, 0])
     names = class_names(classes)
     n_patients = max(1, math.ceil(slides / (1.0 + paired)))
@@ -154,8 +97,6 @@ def slide_plan(slides: int, classes: int, paired: float, seed: int) -> list[tupl
 def slide_cells(rng: np.random.Generator, job: SlideJob) -> tuple[list[str], list[bool]]:
     """Cell types and cue flags of one slide: exact blast and cue counts and a slide-specific
     non-blast mix, all drawn without looking at the class."""
-    import numpy as np
-
     n = job.cells
     n_blast = round(rng.uniform(*job.blast_range) * n)
     n_cue = round(rng.uniform(*job.cue_range) * n_blast)
@@ -172,10 +113,6 @@ def slide_cells(rng: np.random.Generator, job: SlideJob) -> tuple[list[str], lis
 def png_bytes(img: np.ndarray) -> bytes:
     """Encode RGB uint8 (H, W, 3) as PNG with the 'up' filter and zlib level 1: a standard PNG,
     about 2x faster to write than Pillow's adaptive filtering, for a few % more bytes."""
-    import struct
-    import zlib
-
-    import numpy as np
 
     h, w, _ = img.shape
     up = img.copy()
@@ -192,10 +129,6 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 def draw_slide(job: SlideJob) -> list[tuple[str, str, str, str, int, int]]:
     """Draw and save one slide's cells; returns its cells.csv rows. Deterministic per (seed, index)."""
-    import numpy as np
-
-    from mil.synth_draw import draw_stain, render_cell
-
     rng = np.random.default_rng([job.seed, 1, job.index])
     stain = draw_stain(rng)
     types, cues = slide_cells(rng, job)
@@ -222,8 +155,6 @@ def _write_csv(path: Path, header: list[str], rows: list) -> None:
 def expert_labels(cells: list[tuple], labelled: float, noise: float, seed: int) -> tuple[list, list]:
     """(noisy, truth) rows slide_id,cell_id,label for round(labelled * n) random cells, with
     exactly round(noise * n_labelled) of the noisy labels flipped; rows in cells.csv order."""
-    import numpy as np
-
     rng = np.random.default_rng([seed, 3])
     n_lab = round(labelled * len(cells))
     chosen = np.sort(rng.choice(len(cells), n_lab, replace=False))
@@ -320,69 +251,3 @@ def make_cohort(
     log.info("synth: wrote %d cells of %d slides to %s in %.1f s (%.0f cells/s, %d worker(s))",
              info.n_cells, len(plan), out, seconds, info.cells_per_s, workers)
     return info
-
-
-def montage_rows(classes: int) -> list[tuple[str, str, str | None, bool]]:
-    """(row title, cell type, class, shows cue) of each montage row."""
-    rows: list[tuple[str, str, str | None, bool]] = [(t, t, None, False) for t in NON_BLAST_MIX]
-    rows.append(("blast, no cue (any class)", "blast", None, False))
-    rows += [(f"{name} blast: cue", "blast", name, True) for name in class_names(classes)]
-    return rows
-
-
-def write_montage(path: Path, *, classes: int = 4, size: int = 128, seed: int = 0, per_row: int = 6) -> Path:
-    """A labelled grid: every cell type, then each class's blasts as pairs of the same blast
-    without / with its cue (odd columns: no cue). Titles use Pillow's default font."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    from mil.synth_draw import Stain, render_cell
-
-    rows = montage_rows(classes)
-    margin, title_h = 190, 16
-    sheet = Image.new("RGB", (margin + per_row * size, len(rows) * (size + title_h)), "white")
-    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
-    for r, (title, kind, name, cue) in enumerate(rows):
-        top = r * (size + title_h)
-        draw.text((4, top + title_h + size // 2 - 6), title, fill="black", font=font)
-        for c in range(per_row):
-            rng = np.random.default_rng([seed, 9, r, c // 2 if cue else c])
-            shows = cue and c % 2 == 1
-            img = render_cell(rng, kind, class_name=name, shows_cue=shows, size=size, stain=Stain())
-            sheet.paste(Image.fromarray(img), (margin + c * size, top + title_h))
-            if cue:
-                draw.text((margin + c * size + 4, top + 2), "+cue" if shows else "no cue", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    log.info("synth: montage written to %s", path)
-    return path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mil.synth",
-        description="Write a synthetic AML cohort of single-cell MGG images (folder per slide + CSVs).",
-    )
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--config", metavar="FILE.yaml", help="options file; flags override it")
-    add_config_arguments(parser, SynthConfig)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> int:
-        cfg = resolve_config(SynthConfig, args)
-        options = {k: getattr(cfg, k) for k in SynthConfig.__dataclass_fields__}
-        make_cohort(args.out, **options)  # logs the measured cells/s last
-        return 0
-
-    return run_cli(body, "mil.synth")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

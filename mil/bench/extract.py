@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
-MATEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "matek_lmu" / "myeloblast"
+MATEK = Path(__file__).resolve().parents[3] / "shared" / "data" / "matek_lmu" / "myeloblast"
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("extract", help="extraction throughput: ceiling vs cellmil vs naive loop")
+HELP = "extraction throughput: ceiling vs cellmil vs naive loop"
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--weights", default="none", help="as for mil.extract (speed only: none)")
     p.add_argument("--image-size", type=int, default=224)
@@ -49,7 +51,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="folder of JPEGs to copy (default: matek or noise)")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--dir", default=None, help="work folder (default: a temp dir, removed)")
-    return p
 
 
 def make_cells(root: Path, cells: int, per_slide: int, images: Path | None) -> None:

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+HELP = "epoch time: padded batches vs batch size 1; --stream peak RAM"
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("fit", help="epoch time: padded batches vs batch size 1; --stream peak RAM")
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bags", type=int, default=1000)
     p.add_argument("--cells", type=int, default=500)
     p.add_argument("--dim", type=int, default=1280)
@@ -46,7 +47,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="200 bags x 200 cells x 256 dims")
     p.add_argument("--dir", default=None, help="where to write the HDF5 store (default: temp)")
     p.add_argument("--seed", type=int, default=0)
-    return p
 
 
 def _model(dim: int, classes: int) -> Any:
@@ -127,7 +127,7 @@ def _peak_rss_mb() -> float:
 
 
 def _peak(store: Path, args: argparse.Namespace, stream: bool) -> dict[str, float]:
-    code = (f"from mil.bench_fit import _child; _child({str(store)!r}, {args.batch_size}, "
+    code = (f"from mil.bench.fit import _child; _child({str(store)!r}, {args.batch_size}, "
             f"{args.classes}, {stream})")
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -1,0 +1,3 @@
+from mil.bench.cli import main
+
+raise SystemExit(main())

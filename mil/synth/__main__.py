@@ -1,0 +1,3 @@
+from mil.synth.cli import main
+
+raise SystemExit(main())
