@@ -1,4 +1,4 @@
-"""Tests for mil.data (labels, bag sources, collate, samplers) and mil.weights."""
+"""Tests for mil.train.data (labels, bag sources, collate, samplers) and mil.train.instance_weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for mil.model: masked softmax, gated attention, MIL classifier and baselines."""
+"""Tests for mil.train.model: masked softmax, gated attention, MIL classifier and baselines."""
 
 from __future__ import annotations
 

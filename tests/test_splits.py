@@ -1,4 +1,4 @@
-"""Tests for mil.splits: partition, grouping, stratification, determinism, persistence."""
+"""Tests for mil.train.splits: partition, grouping, stratification, determinism, persistence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic cohort generator (mil.synth, mil.synth_draw): tiny cohorts, < 20 s."""
+"""Tests of the synthetic cohort generator (mil.synth): tiny cohorts, < 20 s."""
 
 from __future__ import annotations
 

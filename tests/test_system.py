@@ -1,4 +1,4 @@
-"""Tests for mil.system: batched predict path vs a per-bag loop, invariances, prior, DDP."""
+"""Tests for mil.train.lightning_module: batched predict path vs a per-bag loop, invariances, prior, DDP."""
 
 from __future__ import annotations
 

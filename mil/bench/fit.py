@@ -76,7 +76,7 @@ def _epoch(model: Any, loader: Any) -> float:
 
 
 class _RamSource:
-    """A :class:`mil.data.BagSource` stand-in over an in-RAM float16 array (B, N, D)."""
+    """A :class:`mil.train.data.BagSource` stand-in over an in-RAM float16 array (B, N, D)."""
 
     def __init__(self, feats: np.ndarray) -> None:
         self.feats = feats

@@ -6,7 +6,7 @@ Modes (a ``StrEnum`` registry):
 - ``filter``  keep cells with ``p >= threshold``; a slide left empty keeps all its cells
               (with a warning naming it), so no bag is ever empty.
 - ``prior``   every cell is kept; ``strength * log(p)`` (p clamped to [1e-4, 1]) is added to the
-              attention logits (:func:`mil.model.blast_log_prior`), so the filter guides
+              attention logits (:func:`mil.train.model.blast_log_prior`), so the filter guides
               attention without having the last word: a confident non-blast cell needs a logit
               ~9 (x strength) higher to win, a cell at p = 0.5 pays only ~0.7.
 

@@ -1,7 +1,7 @@
 """The LightningModule: a thin wrapper that owns loss, metrics, optimiser and schedule around
-the plain-torch :class:`mil.model.MILClassifier`.
+the plain-torch :class:`mil.train.model.MILClassifier`.
 
-Batches come from :func:`mil.data.collate_bags`: ``feats (B, N, D)``, ``mask (B, N)``,
+Batches come from :func:`mil.train.data.collate_bags`: ``feats (B, N, D)``, ``mask (B, N)``,
 ``prob (B, N) | None`` (tempered blast_prob), ``label (B,)``, ``index (B,)``.
 """
 
