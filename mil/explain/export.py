@@ -1,15 +1,8 @@
-"""Attention export of one slide: attention.csv, gallery.png, mosaic.png and map.png.
-
-    python -m mil.heatmap RUN_DIR --store STORE --out DIR [--source ROOT] [--slides A,B]
-        [--top-k 16] [--norm rank|minmax|raw] [--occlusion] [--labels slides.csv]
+"""Attention export of one slide: attention.csv, gallery.png, mosaic.png, map.png, thumb.png.
 
 Each slide gets ``DIR/<file_name(slide_id)>/`` (safe for any id: ``../../x`` stays inside DIR).
-The map explains the predicted class: its own branch for multi-branch models, the shared
-attention for single-branch ones; which one, and the normalisation, are written on every image.
-Default ``--norm rank`` colours by within-slide percentile, so maps always use the full scale.
-Missing cell images become marked placeholders and are counted, never a crash.
-
-The core, :func:`export_slide`, takes plain arrays, so it is usable without a trained run.
+The core, :func:`export_slide`, takes plain arrays, so it is usable without a trained run; the
+colour scales are :data:`mil.explain.attention.NORMS`.
 """
 
 from __future__ import annotations

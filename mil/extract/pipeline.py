@@ -1,13 +1,8 @@
 """The extraction pipeline: cell images -> frozen-backbone embeddings in a bag store.
 
-    python -m mil.extract cells/ features/cohort.h5                  # folder per slide
-    python -m mil.extract cells.csv features/cohort.zarr --workers 1   # CSV manifest
-    python -m mil.extract cells/ features/cohort.h5 --devices 4        # DDP, one store
-
-Batches run across slide boundaries (a flat, ordered dataset of all pending cells); a slide is
-committed atomically as soon as its last cell is embedded, so a re-run resumes where a killed
-run stopped and produces the same store. Unreadable images are skipped and listed per slide.
-The resolved config is written beside the store as ``OUT.config.yaml``.
+Batches run across slide boundaries (a flat, ordered dataset of all pending cells); each slide is
+committed by :class:`mil.extract.sink.SlideSink` as soon as its last cell is embedded (the
+command and its resume rules: :mod:`mil.extract.cli`).
 """
 
 from __future__ import annotations
