@@ -1,6 +1,7 @@
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from mil.blast import cli as blast
-from mil.blast.audit import BLAST, NONBLAST, SampledCell, gallery_html, stratified_sample
+from mil.blast.audit import BLAST, NONBLAST, SampledCell, stratified_sample
+from mil.blast.gallery import gallery_html
 from mil.blast.model import grouped_folds, load_filter
 from mil.errors import CliError
 from mil.store import BLAST_PROB, open_store
@@ -190,11 +192,19 @@ def test_audit_and_score_by_hand(tmp_path: Path, store_suffix: str) -> None:
     assert blast.main(["audit", str(path), "--n", "10", "--out", str(out), "--seed", "4",
                        "--source", str(img_root)]) == 0
     rows = list(csv.DictReader((out / "review.csv").open()))
+    key = list(csv.DictReader((out / "key.csv").open()))
     meta = json.loads((out / "review.json").read_text())
-    assert len(rows) == 10 and sum(r["predicted"] == BLAST for r in rows) == 5
+    assert list(rows[0]) == ["row", "slide_id", "cell_id", "path", "expert"]  # blinded
+    assert [(r["slide_id"], r["cell_id"]) for r in rows] == [(r["slide_id"], r["cell_id"])
+                                                             for r in key]
+    assert len(rows) == 10 and sum(r["predicted"] == BLAST for r in key) == 5
+    page = (out / "index.html").read_text()
+    assert not re.search(r"\d\.\d", page) and "non-blast (" not in page  # no call, no prob
     assert (out / "index.html").is_file() and (out / "sheet_001.png").is_file()
+    assert meta["strategy"] == "stratified" and meta["blinded"] is True
     assert meta["predicted_count"][BLAST] + meta["predicted_count"][NONBLAST] == 60
-    # hand case: shares 0.2 / 0.8; blast stratum 2/10 wrong, non-blast 1/10 wrong -> 0.12
+    # hand case, a sheet written before blinding (predicted and blast_prob beside each cell):
+    # shares 0.2 / 0.8; blast stratum 2/10 wrong, non-blast 1/10 wrong -> 0.12
     (out / "review.json").write_text(json.dumps({"predicted_share": {BLAST: 0.2, NONBLAST: 0.8}}))
     with (out / "review.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -221,7 +231,7 @@ def test_score_unknown_expert_value(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_missing_images_become_placeholders(tmp_path: Path) -> None:
-    from mil.blast.audit import write_gallery
+    from mil.blast.gallery import write_gallery
 
     cells = [SampledCell(1, "S", "c", "nope.png", 0.7), SampledCell(2, "S", "d", "x.png", 0.2)]
     stats = write_gallery(tmp_path, cells, tmp_path / "missing_root")

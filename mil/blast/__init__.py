@@ -2,7 +2,10 @@
 
 ``labels`` reads expert cell labels, ``model`` is the classifier and its file format, ``train``
 cross-validates and fits it (``mil.blast fit``), ``annotate`` writes ``blast_prob`` into the
-store (``mil.blast predict``) and ``audit`` samples cells for expert review and scores it.
+store (``mil.blast predict``), ``audit`` samples cells for a blinded expert review (the audit
+folder's files: ``folder``; its pictures: ``gallery``), ``score`` turns the raters' answers into
+error rates and agreement (``agreement``: kappa, consensus), ``noise`` estimates the label noise
+by confident learning (``mil.blast noise``).
 """
 
 from mil.blast.config import FilterConfig

@@ -1,38 +1,51 @@
-"""Expert audit of the blast filter: a stratified sample, a review sheet, a gallery, a score.
+"""Expert audit of the blast filter: a sample, a blinded review sheet and its key, a gallery.
 
-Sampling: every cell of the store is put in a stratum by its predicted class
-(``blast_prob >= 0.5``); ``n`` cells are drawn without replacement, half from each stratum (the
-rest from the other when one is short), uniformly over all cells of all slides. The whole-store
-share of each predicted class is recorded in ``review.json`` beside ``review.csv``, because the
-equal allocation over-represents the rarer class: the overall error rate is re-weighted by those
-shares (:func:`score_review`).
+Strategies (``--strategy``):
+
+- ``stratified`` (default, the one that gives an unbiased error rate): every cell of the store
+  is put in a stratum by its predicted class (``blast_prob >= 0.5``); ``n`` cells are drawn
+  without replacement, half from each stratum (the rest from the other when one is short),
+  uniformly over all cells of all slides. The whole-store share of each predicted class is
+  recorded in ``review.json``, because the equal allocation over-represents the rarer class:
+  the error rate is re-weighted by those shares (:mod:`mil.blast.score`).
+- ``uncertain``: the ``n`` cells whose probability is nearest 0.5 (where a review changes most).
+- ``suspects``: the first ``n`` cells of confident learning's list (``mil.blast noise``, :mod:`mil.blast.noise`).
+
+The sheet is blinded: ``review.csv`` and the gallery show no call and no probability; the
+filter's calls go to ``key.csv``, which scoring joins. File names: :mod:`mil.blast.folder`; pictures: :mod:`mil.blast.gallery`.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import json
 import logging
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mil.blast.labels import parse_label
+from mil.blast.folder import (
+    BLAST,
+    KEY,
+    KEY_COLUMNS,
+    META,
+    NONBLAST,
+    REVIEW,
+    SHEET_COLUMNS,
+    count_answers,
+)
+from mil.blast.gallery import write_gallery
 from mil.errors import CliError
-from mil.stats import stratified_proportion, wilson_interval
-from mil.store import BLAST_PROB, open_store
+from mil.store import BLAST_PROB, BagStore, open_store
 from mil.store.images import image_root
 from mil.store.schema import now
-from mil.tables import read_rows, row_error
+from mil.tables import read_rows
 
 log = logging.getLogger("mil.blast")
-
-BLAST, NONBLAST = "blast", "non-blast"
-SHEET_COLUMNS = ("row", "slide_id", "cell_id", "path", "predicted", "blast_prob", "expert")
+STRATEGIES = ("stratified", "uncertain", "suspects")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,13 @@ class SampledCell:
         return BLAST if self.blast_prob >= 0.5 else NONBLAST
 
 
+def _flat_index(probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(slide index (M,), cell index (M,)) of the M cells of all slides, in order."""
+    slide_idx = np.concatenate([np.full(len(p), i) for i, p in enumerate(probs)])  # (M,)
+    cell_idx = np.concatenate([np.arange(len(p)) for p in probs])  # (M,)
+    return slide_idx, cell_idx
+
+
 def stratified_sample(probs: list[np.ndarray], n: int, seed: int = 0) -> list[tuple[int, int]]:
     """(slide index, cell index) pairs: ``n`` cells, half per predicted class, seeded.
 
@@ -56,8 +76,7 @@ def stratified_sample(probs: list[np.ndarray], n: int, seed: int = 0) -> list[tu
     """
     if not probs:
         return []
-    slide_idx = np.concatenate([np.full(len(p), i) for i, p in enumerate(probs)])  # (M,)
-    cell_idx = np.concatenate([np.arange(len(p)) for p in probs])  # (M,)
+    slide_idx, cell_idx = _flat_index(probs)
     flat = np.concatenate(probs)  # (M,)
     strata = [np.flatnonzero(flat >= 0.5), np.flatnonzero(flat < 0.5)]
     n_blast = min(n - n // 2, len(strata[0]))
@@ -71,155 +90,103 @@ def stratified_sample(probs: list[np.ndarray], n: int, seed: int = 0) -> list[tu
     return [picks[i] for i in rng.permutation(len(picks))]
 
 
-def write_sheet(out: Path, cells: list[SampledCell], meta: dict[str, Any]) -> Path:
-    """``review.csv`` (empty ``expert`` column) and its sidecar ``review.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    sheet = out / "review.csv"
-    with sheet.open("w", newline="", encoding="utf-8") as fh:
+def uncertain_sample(probs: list[np.ndarray], n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(slide index, cell index) of the ``n`` cells nearest p = 0.5, in a seeded random order
+    (ties in distance broken at random)."""
+    if not probs:
+        return []
+    slide_idx, cell_idx = _flat_index(probs)
+    dist = np.abs(np.concatenate(probs) - 0.5)  # (M,)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(dist.size), dist))[:n]
+    order = order[rng.permutation(len(order))]
+    return [(int(slide_idx[j]), int(cell_idx[j])) for j in order]
+
+
+def suspect_sample(suspects: Path, slides: list[str], cell_ids: dict[str, dict[str, int]],
+                   n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The first ``n`` cells of a ``suspects.csv`` (most likely mislabelled first) that are in
+    the store, as (slide index, cell index), in a seeded random order."""
+    slide_no = {s: i for i, s in enumerate(slides)}
+    picks = []
+    for _, row in read_rows(suspects, ("slide_id", "cell_id"), what="suspects list"):
+        sid, cid = row["slide_id"], row["cell_id"]
+        if sid in slide_no and cid in cell_ids[sid]:
+            picks.append((slide_no[sid], cell_ids[sid][cid]))
+        if len(picks) == n:
+            break
+    if not picks:
+        raise CliError(f"{suspects}: none of its cells is in the store")
+    rng = np.random.default_rng(seed)
+    return [picks[i] for i in rng.permutation(len(picks))]
+
+
+def neighbour_rows(n_cells: int, cell: int, coords: np.ndarray | None, k: int) -> list[int]:
+    """Up to ``k`` other cells of the slide shown beside ``cell``: the nearest by ``coords``
+    (N, 2) when the store has them, else the cells next to it in the slide's order."""
+    if coords is not None:
+        d = ((np.asarray(coords, np.float64) - coords[cell]) ** 2).sum(axis=1)  # (N,)
+        d[cell] = np.inf
+        return [int(j) for j in np.argsort(d, kind="stable")[: min(k, n_cells - 1)]]
+    steps = [s for i in range(1, n_cells) for s in (cell - i, cell + i)]
+    return [j for j in steps if 0 <= j < n_cells][:k]
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[Any]]) -> None:
+    """Write a CSV atomically (temporary file, then ``os.replace``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(SHEET_COLUMNS)
-        for c in cells:
-            w.writerow([c.row, c.slide_id, c.cell_id, c.path, c.predicted,
-                        f"{c.blast_prob:.6f}", ""])
-    (out / "review.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def refuse_answered(out: Path) -> None:
+    """A one-line CliError when ``out`` already holds expert answers (nothing is overwritten)."""
+    found = count_answers(out)
+    if found:
+        path, n = found[0]
+        more = f" (and {len(found) - 1} more answer file(s))" if len(found) > 1 else ""
+        raise CliError(f"{path} holds {n} expert answer(s){more}; an audit is never written "
+                       "over answers: choose another --out")
+
+
+def write_sheet(out: Path, cells: list[SampledCell], meta: dict[str, Any]) -> Path:
+    """Blinded ``review.csv`` (empty ``expert`` column), its key ``key.csv`` and ``review.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / KEY, KEY_COLUMNS, [[c.row, c.slide_id, c.cell_id, c.predicted,
+                                         f"{c.blast_prob:.6f}"] for c in cells])
+    (out / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    sheet = out / REVIEW
+    _write_csv(sheet, SHEET_COLUMNS, [[c.row, c.slide_id, c.cell_id, c.path, ""] for c in cells])
     return sheet
 
 
-# -- gallery -----------------------------------------------------------------------------------
-def _thumb(path: Path | None, size: int) -> tuple[Any, bool]:
-    """(RGB thumbnail, found); a missing or unreadable image gives a marked placeholder."""
-    from PIL import Image, ImageDraw
-
-    if path is not None:
-        try:
-            with Image.open(path) as src:
-                im = src.convert("RGB")
-                im.thumbnail((size, size))
-                tile = Image.new("RGB", (size, size), "white")
-                tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-                return tile, True
-        except (OSError, ValueError):
-            pass
-    tile = Image.new("RGB", (size, size), (200, 200, 200))
-    d = ImageDraw.Draw(tile)
-    d.line([(0, 0), (size, size)], fill=(200, 0, 0), width=3)
-    d.line([(0, size), (size, 0)], fill=(200, 0, 0), width=3)
-    d.text((4, size // 2 - 6), "MISSING", fill=(120, 0, 0))
-    return tile, False
-
-
-def write_gallery(out: Path, cells: list[SampledCell], root: Path | None, *,
-                  thumb: int = 96, cols: int = 8, rows: int = 6) -> dict[str, int]:
-    """Per-cell thumbnails, PNG contact sheets and an offline ``index.html`` in ``out``."""
-    from PIL import Image, ImageDraw
-
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    found = missing = 0
-    tiles = []
-    for c in cells:
-        path = None if root is None and not Path(c.path).is_absolute() else \
-            (root / c.path if root is not None else Path(c.path))
-        tile, ok = _thumb(path, thumb)
-        found, missing = found + ok, missing + (not ok)
-        tile.save(out / "cells" / f"{c.row:05d}.png")
-        tiles.append(tile)
-    cap, per = 14, cols * rows
-    sheets = 0
-    for start in range(0, len(cells), per):
-        chunk = cells[start : start + per]
-        sheet = Image.new("RGB", (cols * thumb, math.ceil(len(chunk) / cols) * (thumb + cap)),
-                          "white")
-        draw = ImageDraw.Draw(sheet)
-        for i, c in enumerate(chunk):
-            x, y = (i % cols) * thumb, (i // cols) * (thumb + cap)
-            sheet.paste(tiles[start + i], (x, y))
-            colour = (180, 0, 0) if c.predicted == BLAST else (0, 0, 160)
-            draw.text((x + 2, y + thumb + 1), f"#{c.row} {c.predicted}", fill=colour)
-        sheets += 1
-        sheet.save(out / f"sheet_{sheets:03d}.png")
-    (out / "index.html").write_text(gallery_html(cells), encoding="utf-8")
-    return {"found": found, "missing": missing, "sheets": sheets}
-
-
-def gallery_html(cells: list[SampledCell]) -> str:
-    """A self-contained page (no scripts, fonts or remote files); every data string escaped."""
-    e = html.escape
-    items = "\n".join(
-        f'<figure class="{e(c.predicted)}"><img src="cells/{c.row:05d}.png" alt="row {c.row}">'
-        f"<figcaption><b>#{c.row}</b> {e(c.predicted)} ({c.blast_prob:.2f})<br>"
-        f"{e(c.slide_id)} / {e(c.cell_id)}</figcaption></figure>"
-        for c in cells)
-    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>blast filter audit"
-            "</title>\n<style>body{font-family:sans-serif}figure{display:inline-block;margin:4px;"
-            "width:120px;font-size:11px;vertical-align:top}figure.blast b{color:#b00}"
-            "figure.non-blast b{color:#00a}img{width:96px;height:96px}</style></head><body>\n"
-            "<h1>Blast filter audit</h1><p>Fill the <code>expert</code> column of review.csv "
-            "(blast / non-blast) for each row number shown here.</p>\n" + items +
-            "\n</body></html>\n")
-
-
-# -- scoring -----------------------------------------------------------------------------------
-def read_review(sheet: Path) -> tuple[list[tuple[int, int]], int]:
-    """([(predicted, expert)] as 0/1, number of rows skipped for an empty expert cell)."""
-    pairs, skipped = [], 0
-    for row_no, row in read_rows(sheet, ("predicted", "expert"), what="review sheet"):
-        if not row["expert"]:
-            skipped += 1
-            continue
-        pred, exp = parse_label(row["predicted"]), parse_label(row["expert"])
-        for name, val in (("predicted", pred), ("expert", exp)):
-            if val is None:
-                raise row_error(sheet, row_no, f"unknown {name} value {row[name]!r} "
-                                               "(expected blast/non-blast or 1/0)")
-        pairs.append((int(pred), int(exp)))  # type: ignore[arg-type]
-    return pairs, skipped
-
-
-def score_review(sheet: Path) -> dict[str, Any]:
-    """Error rates of the filter from a filled review sheet, with Wilson 95% intervals.
-
-    ``error_rate`` is the whole-store error: the per-stratum error rates weighted by the
-    predicted-class shares of the store (from ``review.json``); its interval is Wilson's at the
-    stratified design's effective sample size (:func:`mil.stats.stratified_proportion`).
-    """
-    if not sheet.is_file():
-        raise CliError(f"review sheet not found: {sheet}")
-    side = sheet.with_suffix(".json")
-    if not side.is_file():
-        raise CliError(f"{side} not found: it holds the predicted-class shares needed to "
-                       "re-weight the stratified sample (written by 'audit STORE')")
-    shares = json.loads(side.read_text(encoding="utf-8")).get("predicted_share", {})
-    if not {BLAST, NONBLAST} <= set(shares):
-        raise CliError(f"{side}: lacks predicted_share for {BLAST} and {NONBLAST}")
-    pairs, skipped = read_review(sheet)
-    if not pairs:
-        raise CliError(f"{sheet}: no row has an expert label ({skipped} empty)")
-    out: dict[str, Any] = {}
-    rates, sizes = [], []
-    for name, cls in ((BLAST, 1), (NONBLAST, 0)):
-        errs = [p != x for p, x in pairs if p == cls]
-        k, n = sum(errs), len(errs)
-        key = name.replace("-", "")
-        out[f"{key}_error_rate"] = k / n if n else None
-        out[f"{key}_ci"] = list(wilson_interval(k, n))
-        out[f"n_{key}"] = n
-        rates.append(k / n if n else 0.0)
-        sizes.append(n)
-    est, ci, n_eff = stratified_proportion(rates, sizes, [shares[BLAST], shares[NONBLAST]])
-    raw_k = sum(p != x for p, x in pairs)
-    return {"error_rate": est, "ci": list(ci), "n": len(pairs), "n_effective": n_eff,
-            **out, "unweighted_error_rate": raw_k / len(pairs),
-            "unweighted_ci": list(wilson_interval(raw_k, len(pairs))),
-            "predicted_share": shares, "skipped_empty": skipped, "sheet": str(sheet),
-            "note": "error_rate: estimated fraction of cells whose predicted class is wrong, "
-                    "over the whole store (stratified sample re-weighted); use as the noise rate"}
-
-
 # -- audit -------------------------------------------------------------------------------------
-def audit(store_path: str, n: int, out: Path, seed: int = 0, source: str | None = None) -> Path:
-    """Sample ``n`` cells stratified by predicted class; write review.csv(+.json) and gallery."""
+def _draw(strategy: str, probs: list[np.ndarray], n: int, seed: int, suspects: str | None,
+          store: BagStore, slides: list[str]) -> list[tuple[int, int]]:
+    """(slide index, cell index) of the sampled cells, by ``strategy``."""
+    if strategy not in STRATEGIES:
+        raise CliError(f"unknown --strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if strategy == "suspects":
+        if not suspects:
+            raise CliError("--strategy suspects needs --suspects suspects.csv "
+                           "(written by 'python -m mil.blast noise')")
+        ids = {s: {c: i for i, c in enumerate(store.strings(s, "cell_ids"))} for s in slides}
+        return suspect_sample(Path(suspects), slides, ids, n, seed)
+    return (uncertain_sample if strategy == "uncertain" else stratified_sample)(probs, n, seed)
+
+
+def audit(store_path: str, n: int, out: Path, seed: int = 0, source: str | None = None,
+          strategy: str = "stratified", suspects: str | None = None,
+          neighbours: int = 6) -> Path:
+    """Sample ``n`` cells; write the blinded review.csv, key.csv, review.json and the gallery.
+
+    Refuses (before writing anything) a folder that already holds expert answers."""
     if n < 1:
         raise CliError(f"--n must be at least 1, got {n}")
+    refuse_answered(out)
     with open_store(store_path, "r") as store:
         slides = store.slides()
         lacking = [s for s in slides if BLAST_PROB not in store.annotations(s)]
@@ -229,39 +196,32 @@ def audit(store_path: str, n: int, out: Path, seed: int = 0, source: str | None 
         probs = [np.asarray(store.annotation(s, BLAST_PROB), dtype=np.float64) for s in slides]
         shas = sorted({str(store.annotation_attrs(s, BLAST_PROB).get("filter_sha256"))
                        for s in slides})
-        picks = stratified_sample(probs, n, seed)
-        cache: dict[int, tuple[list[str], list[str]]] = {}
-        cells = []
+        picks = _draw(strategy, probs, n, seed, suspects, store, slides)
+        cache: dict[int, tuple[list[str], list[str], np.ndarray | None]] = {}
+        cells, near = [], {}
         for row, (si, ci) in enumerate(picks, start=1):
             if si not in cache:
-                cache[si] = (store.strings(slides[si], "cell_ids"), store.strings(slides[si], "paths"))
-            cells.append(SampledCell(row, slides[si], cache[si][0][ci], cache[si][1][ci],
-                                     float(probs[si][ci])))
+                cache[si] = (store.strings(slides[si], "cell_ids"),
+                             store.strings(slides[si], "paths"), store.coords(slides[si]))
+            ids, paths, xy = cache[si]
+            cells.append(SampledCell(row, slides[si], ids[ci], paths[ci], float(probs[si][ci])))
+            near[row] = [paths[j] for j in neighbour_rows(len(ids), ci, xy, neighbours)]
         root = image_root(store.attrs, source, store_path)
     flat = np.concatenate(probs)
     n_blast = int((flat >= 0.5).sum())
+    design = {"stratified": "stratified by predicted class (blast_prob >= 0.5), equal allocation",
+              "uncertain": "the cells nearest blast_prob = 0.5 (not a random sample)",
+              "suspects": f"confident learning's suspects from {suspects} (not a random sample)"}
     meta: dict[str, Any] = {"store": str(store_path), "seed": seed, "n_requested": n, "n_sampled": len(cells),
             "n_cells": int(flat.size), "predicted_count": {BLAST: n_blast, NONBLAST: int(flat.size) - n_blast},
             "predicted_share": {BLAST: n_blast / flat.size, NONBLAST: 1 - n_blast / flat.size},
             "sampled_count": {BLAST: sum(c.predicted == BLAST for c in cells),
                               NONBLAST: sum(c.predicted == NONBLAST for c in cells)},
             "filter_sha256": shas, "source_root": str(root) if root else None, "created": now(),
-            "design": "stratified by predicted class (blast_prob >= 0.5), equal allocation"}
+            "strategy": strategy, "design": design[strategy], "blinded": True}
     sheet = write_sheet(out, cells, meta)
-    g = write_gallery(out, cells, root)
-    log.info("%d cells sampled (%d predicted blast) -> %s; gallery: %d sheet(s), %d image(s) "
-             "missing", len(cells), meta["sampled_count"][BLAST], sheet, g["sheets"], g["missing"])
+    g = write_gallery(out, cells, root, neighbours=near)
+    log.info("%d cells sampled (%s, %d predicted blast) -> %s (key: key.csv); gallery: %d "
+             "sheet(s), %d image(s) missing", len(cells), strategy, meta["sampled_count"][BLAST],
+             sheet, g["sheets"], g["missing"])
     return sheet
-
-
-def score(sheet: Path, out: str | None = None) -> dict[str, Any]:
-    """Score a filled review sheet and write the noise-rate JSON."""
-    result = score_review(sheet)
-    dest = Path(out) if out else sheet.with_name("noise.json")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    if result["skipped_empty"]:
-        log.warning("warning: %d row(s) without an expert label skipped", result["skipped_empty"])
-    log.info("error rate %.3f [%.3f, %.3f] from %d reviewed cells -> %s", result["error_rate"],
-             *result["ci"], result["n"], dest)
-    return result

@@ -2,8 +2,10 @@
 
     python -m mil.blast fit STORE --labels cell_labels.csv --out filter.pt [--loss gce]
     python -m mil.blast predict STORE --filter filter.pt [--overwrite]
-    python -m mil.blast audit STORE --n 200 --out audit/ [--seed 0] [--source ROOT]
-    python -m mil.blast audit --score audit/review.csv [--out noise.json]
+    python -m mil.blast fit STORE --labels cell_labels.csv --out filter.pt --corrections audit/
+    python -m mil.blast noise STORE --labels cell_labels.csv --out noise_cl.json
+    python -m mil.blast audit STORE --n 200 --out audit/ [--strategy stratified] [--source ROOT]
+    python -m mil.blast audit --score audit/ [--out noise.json]
 
 ``fit`` trains on the stored embeddings of expert-labelled cells (``slide_id,cell_id,label``,
 label blast/non-blast or 1/0). Cross-validation is grouped by slide; out-of-fold predictions
@@ -15,9 +17,14 @@ are calibrated against the given (noisy) labels with a single temperature, which
 the 0.5 decision boundary.
 
 ``predict`` writes ``blast_prob`` (float32) beside the features of every slide. ``audit`` draws
-a sample stratified by predicted class for expert review; ``audit --score`` turns the filled
-sheet into the filter's error rates; the key ``error_rate`` of its JSON is the estimated noise
-rate of the blast weights (``mil.fit --noise-rate noise.json``).
+a sample for expert review (stratified by predicted class by default; ``uncertain``: nearest
+p = 0.5; ``suspects``: confident learning's list) into a blinded folder, reviewed in the browser
+with ``python -m mil.review``; ``audit --score`` turns the raters' answers into the filter's
+error rates and the raters' agreement; the key ``error_rate`` of its JSON is the estimated noise
+rate of the blast weights (``mil.fit --noise-rate noise.json``). ``noise`` estimates how often
+the expert labels themselves are wrong, with no audit, by confident learning on out-of-fold
+probabilities (:mod:`mil.blast.noise`). ``fit --corrections AUDIT`` trains on the labels with
+the reviewed cells' consensus in place of their given labels.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mil.blast.config import FilterConfig
+from mil.blast.config import FilterConfig, NoiseConfig
 from mil.cli import Command, run_command
 from mil.config import save_config
 from mil.errors import CliError
@@ -58,29 +65,57 @@ def _predict(args: argparse.Namespace) -> None:
     predict(args.store, args.filter, overwrite=args.overwrite)
 
 
+def _noise(args: argparse.Namespace) -> None:
+    from mil.blast.noise import run, summary_text
+
+    cfg: NoiseConfig = args.cfg
+    result = run(cfg)
+    save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))  # type: ignore[arg-type]
+    print(summary_text(result))
+
+
 def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", nargs="?", help="bag store with blast_prob")
     p.add_argument("--n", type=int, default=200, help="cells to sample (default: 200)")
     p.add_argument("--out", help="output folder (sampling) or JSON file (--score; default: "
-                                 "noise.json beside the sheet)")
+                                 "noise.json in the audit folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="stratified",
+                   choices=["stratified", "uncertain", "suspects"],
+                   help="stratified (default; the only one that estimates the store's error "
+                        "rate), uncertain (nearest p = 0.5), suspects (the --suspects list)")
+    p.add_argument("--suspects", metavar="SUSPECTS_CSV",
+                   help="confident learning's list for --strategy suspects (mil.blast noise)")
+    p.add_argument("--neighbours", type=int, default=6,
+                   help="cells of the same slide shown beside each reviewed cell (default: 6)")
     p.add_argument("--source", help="root the store's cell paths are relative to "
                                     "(default: the root recorded by extract)")
-    p.add_argument("--score", metavar="REVIEW_CSV", help="score a filled review sheet")
+    p.add_argument("--score", metavar="AUDIT_DIR",
+                   help="score an audit: its folder (raters/*.csv, review.csv) or an old "
+                        "filled review.csv")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap replicates of the kappa interval (--score; default: 1000)")
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from mil.blast.audit import audit, score
-
     if args.score:
+        from mil.blast.score import score
+
         if args.store:
-            raise CliError("audit --score takes the review sheet, not a store")
-        result = score(Path(args.score), args.out)
-        print(json.dumps({k: result[k] for k in ("error_rate", "ci", "n")}))
+            raise CliError("audit --score takes the audit folder or its review sheet, "
+                           "not a store")
+        result = score(Path(args.score), args.out, n_boot=args.bootstrap)
+        keys = ("error_rate", "ci", "n") if "error_rate" in result else \
+            ("sample_error_rate", "strategy", "n")
+        print(json.dumps({**{k: result[k] for k in keys},
+                          "kappa": result["agreement"]["kappa"]}))
         return
+    from mil.blast.audit import audit
+
     if not args.store or not args.out:
-        raise CliError("audit needs STORE and --out DIR (or --score review.csv)")
-    audit(args.store, n=args.n, out=Path(args.out), seed=args.seed, source=args.source)
+        raise CliError("audit needs STORE and --out DIR (or --score AUDIT_DIR)")
+    audit(args.store, n=args.n, out=Path(args.out), seed=args.seed, source=args.source,
+          strategy=args.strategy, suspects=args.suspects, neighbours=args.neighbours)
 
 
 COMMAND = Command(
@@ -91,8 +126,10 @@ COMMAND = Command(
                 config=FilterConfig, arguments=_fit_args),
         Command("predict", "write blast_prob for every cell of the store", run=_predict,
                 arguments=_predict_args),
-        Command("audit", "sample cells for expert review, or score a review", run=_audit,
-                arguments=_audit_args),
+        Command("noise", "estimate the expert-label noise by confident learning (no audit)",
+                run=_noise, config=NoiseConfig, arguments=_fit_args),
+        Command("audit", "sample cells for expert review, or score the raters' answers",
+                run=_audit, arguments=_audit_args),
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Options of ``python -m mil.blast fit`` (no torch)."""
+"""Options of ``python -m mil.blast fit`` and ``noise`` (no torch)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class FilterConfig:
     l2: float = field(default=1.0, metadata={"help": "L2 penalty l2/2*||W||^2 on the weights"})
     hidden: int = field(default=128, metadata={"help": "MLP hidden units"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
+    corrections: str | None = field(default=None, metadata={
+        "help": "audit folder whose reviewed cells' consensus replaces (or adds) their labels; "
+                "cells the raters call unusable are dropped", "metavar": "AUDIT_DIR"})
     allow_missing: bool = field(default=False, metadata={
         "help": "skip (with a warning) labelled cells absent from the store instead of failing"})
     store: str | None = field(default=None, metadata={"flag": False})
@@ -40,3 +43,16 @@ class FilterConfig:
         return {"model": self.model, "loss": self.loss, "epochs": self.epochs, "lr": self.lr,
                 "l2": self.l2, "hidden": self.hidden, "gce_q": self.gce_q,
                 "seed": self.seed}
+
+
+@dataclass
+class NoiseConfig(FilterConfig):
+    """Options of ``python -m mil.blast noise`` (the cross-validation of ``fit``)."""
+
+    out: str | None = field(default=None, metadata={
+        "help": "JSON to write; suspects.csv is written beside it"})
+
+    def validate(self) -> None:
+        if not self.labels or not self.out:
+            raise CliError("noise needs --labels CSV and --out NOISE.json (flags or --config)")
+        FilterConfig.validate(self)

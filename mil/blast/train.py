@@ -1,4 +1,5 @@
-"""``mil.blast fit``: slide-grouped cross-validation, temperature, the final filter."""
+"""``mil.blast fit``: slide-grouped cross-validation, temperature, the final filter (with
+``--corrections``: the reviewed cells' consensus in place of their labels)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ log = logging.getLogger("mil.blast")
 
 # -- fit ---------------------------------------------------------------------------------------
 def gather_labelled(store: BagStore, labels: dict[tuple[str, str], int], source: str,
-                    allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features (M, D) float32, labels (M,), slide index (M,)) of the labelled cells."""
+                    allow_missing: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """(features (M, D) float32, labels (M,), slide index (M,), (slide_id, cell_id) of each)
+    of the labelled cells."""
     by_slide: dict[str, dict[str, int]] = {}
     for (sid, cid), y in labels.items():
         by_slide.setdefault(sid, {})[cid] = y
     absent_slides = sorted(s for s in by_slide if s not in store)
-    xs, ys, gs, absent_cells = [], [], [], []
+    xs, ys, gs, absent_cells, keys = [], [], [], [], []
     for g, sid in enumerate(sorted(set(by_slide) - set(absent_slides))):
         row_of = {c: i for i, c in enumerate(store.strings(sid, "cell_ids"))}
         cells = sorted(by_slide[sid])
@@ -46,6 +49,7 @@ def gather_labelled(store: BagStore, labels: dict[tuple[str, str], int], source:
         if not cells:
             continue
         rows = np.array([row_of[c] for c in cells])
+        keys += [(sid, c) for c in cells]
         xs.append(store.features(sid, rows).astype(np.float32))
         ys.append(np.array([by_slide[sid][c] for c in cells], dtype=np.int64))
         gs.append(np.full(len(cells), g, dtype=np.int64))
@@ -61,7 +65,7 @@ def gather_labelled(store: BagStore, labels: dict[tuple[str, str], int], source:
         log.warning("warning: %s; skipped", what)
     if not xs:
         raise CliError(f"{source}: none of the labelled cells is in {store.path}")
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), keys
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
@@ -105,14 +109,30 @@ def cv_metrics(y: np.ndarray, probs: np.ndarray, raw: np.ndarray, groups: np.nda
     return out
 
 
-def fit(cfg: FilterConfig) -> dict[str, Any]:
-    """Cross-validate, fit the temperature, train on all labelled cells and save the filter."""
+def labelled_cells(cfg: FilterConfig) -> dict[str, Any]:
+    """The labelled cells of ``cfg.labels`` (with ``cfg.corrections`` applied) from the store:
+    ``x`` (M, D), ``y`` (M,), ``groups`` (M,) slide index, ``keys``, store ``attrs``."""
+    from mil.blast.score import apply_corrections
+
     labels = read_cell_labels(cfg.labels)  # type: ignore[arg-type]
+    corrections = None
+    if cfg.corrections:
+        labels, corrections = apply_corrections(labels, Path(cfg.corrections))
+        log.info("corrections from %s: %s", cfg.corrections,
+                 ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in corrections.items()))
     with open_store(cfg.store, "r") as store:  # type: ignore[arg-type]
         attrs = store.attrs
-        x, y, groups = gather_labelled(store, labels, str(cfg.labels), cfg.allow_missing)
+        x, y, groups, keys = gather_labelled(store, labels, str(cfg.labels), cfg.allow_missing)
     log.info("%d labelled cells (%d blast) on %d slides, %d dims", len(y), int(y.sum()),
              len(np.unique(groups)), x.shape[1])
+    return {"x": x, "y": y, "groups": groups, "keys": keys, "attrs": attrs,
+            "corrections": corrections}
+
+
+def fit(cfg: FilterConfig) -> dict[str, Any]:
+    """Cross-validate, fit the temperature, train on all labelled cells and save the filter."""
+    data = labelled_cells(cfg)
+    x, y, groups, attrs = data["x"], data["y"], data["groups"], data["attrs"]
     cv = cross_validate(x, y, groups, cfg)
     raw = blast_probability(cv["oof_logits"])
     metrics = cv_metrics(y, cv["calibrated"], raw, groups, cfg.bootstrap, cfg.seed)
@@ -120,6 +140,7 @@ def fit(cfg: FilterConfig) -> dict[str, Any]:
                     "n_slides": int(len(np.unique(groups))), "folds": cfg.folds,
                     "temperature": cv["temperature"], "loss": cfg.loss, "model": cfg.model,
                     "labels": "given (possibly noisy) cell labels, out-of-fold",
+                    "corrections": data["corrections"],
                     "ci": "95% percentile bootstrap over slides"})
     clf = train_classifier(x, y, **cfg.train_kwargs())
     out = Path(cfg.out)  # type: ignore[arg-type]

@@ -144,6 +144,11 @@ class BagStore:
     def annotation_attrs(self, slide_id: SlideId, name: str) -> dict[str, Any]:
         return self._b.array_attrs(self._key(slide_id), name)
 
+    def coords(self, slide_id: SlideId) -> np.ndarray | None:
+        """(N, 2) cell coordinates, or None when the slide has none."""
+        key = self._key(slide_id)
+        return self._b.read(key, "coords") if "coords" in self._b.array_names(key) else None
+
     def read(self, slide_id: SlideId) -> Bag:
         """Everything stored for one slide."""
         key = self._key(slide_id)
@@ -153,7 +158,7 @@ class BagStore:
             features=self._b.read(key, "features"),
             cell_ids=self.strings(slide_id, "cell_ids"),
             paths=self.strings(slide_id, "paths"),
-            coords=self._b.read(key, "coords") if "coords" in names else None,
+            coords=self.coords(slide_id) if "coords" in names else None,
             annotations={n: self._b.read(key, n) for n in self.annotations(slide_id)},
         )
 
