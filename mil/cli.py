@@ -31,6 +31,7 @@ STAGES = {
     "predict": "mil.train.cli:PREDICT",
     "heatmap": "mil.explain.cli",
     "store": "mil.store.cli",
+    "review": "mil.review.cli",
     "demo": "mil.demo",
     "bench": "mil.bench.cli",
 }

@@ -1,0 +1,3 @@
+from mil.review.cli import main
+
+raise SystemExit(main())
