@@ -227,3 +227,36 @@ def test_filled_blinded_sheet_joins_the_key(tmp_path: Path) -> None:
     (d / "key.csv").unlink()
     with pytest.raises(CliError, match="key.csv"):
         score_audit(d)
+
+
+def test_latent_class_corrects_for_rater_mistakes() -> None:
+    from mil.blast.latent import fit_latent, latent_error
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    strata = np.repeat([1, 0], n // 2)  # the filter's call
+    truth = np.where(rng.uniform(size=n) < 0.02, 1 - strata, strata)  # 2% filter error
+    wrong = rng.uniform(size=(n, 2)) < np.array([0.05, 0.10])  # raters 5% and 10% wrong
+    answers = np.where(wrong, 1 - truth[:, None], truth[:, None])
+    answers[::7, 1] = -1  # rater 2 skipped some cells
+    fit = fit_latent(strata, answers)
+    assert fit["se"] == pytest.approx([0.95, 0.90], abs=0.02)
+    assert fit["sp"] == pytest.approx([0.95, 0.90], abs=0.02)
+    res = latent_error(strata, answers, (0.3, 0.7), ["a", "b"], n_boot=30)
+    true_err = 0.3 * np.mean(truth[strata == 1] == 0) + 0.7 * np.mean(truth[strata == 0] == 1)
+    assert res["error_rate"] == pytest.approx(true_err, abs=0.01)
+    lo, hi = res["ci"]
+    assert lo <= true_err <= hi
+    # the consensus of the same two raters (ties left out) sits well above the truth
+    both = (answers >= 0).all(axis=1) & (answers[:, 0] == answers[:, 1])
+    cons = 0.3 * np.mean(answers[both & (strata == 1), 0] == 0) + \
+        0.7 * np.mean(answers[both & (strata == 0), 0] == 1)
+    assert cons > true_err + 0.004
+    assert latent_error(strata, answers[:, :1], None, ["a"])["error_rate"] is None
+
+
+def test_noise_json_has_the_latent_estimate(tmp_path: Path) -> None:
+    res = score_audit(write_folder(tmp_path / "a", {"anna": ANNA, "ben": BEN}), n_boot=20)
+    lat = res["latent_class"]
+    assert 0 <= lat["error_rate"] <= 1 and set(lat["raters"]) == {"anna", "ben"}
+    assert lat["n_cells"] == 8  # cells with a blast/non-blast answer (not b4: x, x; n4: u)

@@ -37,6 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 STRATEGIES = ("stratified", "uncertain", "suspects")
+REFIT = ["--folds", "2", "--bootstrap", "0"]  # refits: only the final filter is used
 
 
 def _protocol():
@@ -49,7 +50,18 @@ def _protocol():
 
 
 PROTOCOL = _protocol()
-mil, read_csv = PROTOCOL.mil, PROTOCOL.read_csv
+read_csv = PROTOCOL.read_csv
+
+
+def mil(*args: str) -> None:
+    """``python -m mil.<stage> ...`` run in this process (the same runner, without an
+    interpreter start per command); its log lines go to this script's output."""
+    from mil.cli import run_command, stage_command
+
+    print("$ python -m mil." + " ".join(args), flush=True)
+    rc = run_command(stage_command(args[0]), list(args[1:]))
+    if rc:
+        raise SystemExit(f"mil.{args[0]} failed (exit {rc})")
 
 
 def truth(cohort: Path) -> dict[tuple[str, str], int]:
@@ -100,13 +112,12 @@ def level(a: argparse.Namespace, noise: float, store: Path, true: dict) -> dict:
         PROTOCOL.copy_store(store, d / "store.h5")
     if not (d / "noise_cl.json").exists():
         mil("blast", "noise", str(d / "store.h5"), "--labels", str(d / "labels.csv"),
-            "--out", str(d / "noise_cl.json"), *fit_opts, log=d / "noise.log")
+            "--out", str(d / "noise_cl.json"), *fit_opts)
     cl = json.loads((d / "noise_cl.json").read_text())
     if not (d / "filter.metrics.json").exists():
         mil("blast", "fit", str(d / "store.h5"), "--labels", str(d / "labels.csv"),
-            "--out", str(d / "filter.pt"), *fit_opts, log=d / "fit.log")
-    mil("blast", "predict", str(d / "store.h5"), "--filter", str(d / "filter.pt"), "--overwrite",
-        log=d / "predict.log")
+            "--out", str(d / "filter.pt"), *fit_opts)
+    mil("blast", "predict", str(d / "store.h5"), "--filter", str(d / "filter.pt"), "--overwrite")
     base_acc, base_err = accuracy(d / "store.h5", d / "filter.pt", true)
     row = {"noise": noise, "flipped": flipped, "cl_error_rate": cl["error_rate"],
            "cl_ci": cl["ci"], "cl_abs_diff": abs(cl["error_rate"] - flipped),
@@ -118,17 +129,15 @@ def level(a: argparse.Namespace, noise: float, store: Path, true: dict) -> dict:
             shutil.rmtree(audit, ignore_errors=True)
             extra = ["--suspects", str(d / "suspects.csv")] if strategy == "suspects" else []
             mil("blast", "audit", str(d / "store.h5"), "--n", str(a.audit_n), "--out", str(audit),
-                "--seed", str(a.seed), "--strategy", strategy, "--neighbours", "0", *extra,
-                log=d / f"audit_{strategy}.log")
+                "--seed", str(a.seed), "--strategy", strategy, "--neighbours", "0", *extra)
             simulate_raters(audit, true, a.rater_error, a.seed + int(noise * 100))
-            mil("blast", "audit", "--score", str(audit), "--bootstrap", "500",
-                log=d / f"score_{strategy}.log")
+        mil("blast", "audit", "--score", str(audit), "--bootstrap", "1000")
         score = json.loads((audit / "noise.json").read_text())
         fixed = d / f"filter_{strategy}.pt"
         if not fixed.with_suffix(".metrics.json").exists():
             mil("blast", "fit", str(d / "store.h5"), "--labels", str(d / "labels.csv"),
-                "--out", str(fixed), "--corrections", str(audit), *fit_opts,
-                log=d / f"fit_{strategy}.log")
+                "--out", str(fixed), "--corrections", str(audit), "--seed", str(a.seed),
+                *REFIT)
         acc, _ = accuracy(d / "store.h5", fixed, true)
         row[f"{strategy}_acc"] = acc
         row[f"{strategy}_corrections"] = json.loads(
@@ -136,9 +145,13 @@ def level(a: argparse.Namespace, noise: float, store: Path, true: dict) -> dict:
         row[f"{strategy}_kappa"] = score["agreement"]["kappa"]
         if strategy == "stratified":
             lo, hi = score["ci"]
+            lat = score["latent_class"]
             row.update({"audit_error_rate": score["error_rate"], "audit_ci": score["ci"],
                         "audit_covers": lo <= base_err <= hi, "audit_kappa_ci": score[
-                            "agreement"]["ci95"], "audit_excluded_tie": score["excluded_tie"]})
+                            "agreement"]["ci95"], "audit_excluded_tie": score["excluded_tie"],
+                        "latent_error_rate": lat["error_rate"], "latent_ci": lat["ci"],
+                        "latent_covers": lat["ci"][0] <= base_err <= lat["ci"][1],
+                        "latent_raters": lat["raters"]})
     print(json.dumps(row), flush=True)
     return row
 
@@ -148,29 +161,37 @@ def f3(x: float | None) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| flipped labels | confident learning (95% CI) | abs. diff | filter error: true / CL "
-           "estimate / audit of 2 raters (95% CI) | audit covers | kappa (95% CI) |",
-           "|---|---|---|---|---|---|"]
+    out = ["| flipped labels | confident learning (95% CI) | abs. diff | filter error: true | "
+           "CL estimate | audit, consensus (95% CI) | audit, latent class (95% CI) | "
+           "covered: consensus / latent | kappa (95% CI) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["cl_ci"]
         alo, ahi = r["audit_ci"]
+        llo, lhi = r["latent_ci"]
         klo, khi = r["audit_kappa_ci"]
+        yes = {True: "yes", False: "NO"}
         out.append(f"| {r['flipped']:.3f} | {r['cl_error_rate']:.3f} [{f3(lo)}, {f3(hi)}] | "
-                   f"{r['cl_abs_diff']:.3f} | {r['filter_error']:.3f} / "
-                   f"{f3(r['cl_filter_error_rate'])} / {r['audit_error_rate']:.3f} "
-                   f"[{alo:.3f}, {ahi:.3f}] | {'yes' if r['audit_covers'] else 'NO'} | "
+                   f"{r['cl_abs_diff']:.3f} | {r['filter_error']:.4f} | "
+                   f"{f3(r['cl_filter_error_rate'])} | {r['audit_error_rate']:.3f} "
+                   f"[{alo:.3f}, {ahi:.3f}] | {r['latent_error_rate']:.3f} [{llo:.3f}, "
+                   f"{lhi:.3f}] | {yes[r['audit_covers']]} / {yes[r['latent_covers']]} | "
                    f"{f3(r['stratified_kappa'])} [{f3(klo)}, {f3(khi)}] |")
     out += ["", "| flipped labels | filter accuracy vs truth | + 200 stratified | + 200 uncertain "
-            "| + 200 suspects | suspects: labels changed / added |", "|---|---|---|---|---|---|"]
+            "| + 200 suspects | suspects: labels changed / confirmed |",
+            "|---|---|---|---|---|---|"]
     for r in rows:
         c = r["suspects_corrections"]
         out.append(f"| {r['flipped']:.3f} | {r['filter_acc']:.4f} | {r['stratified_acc']:.4f} | "
-                   f"{r['uncertain_acc']:.4f} | **{r['suspects_acc']:.4f}** | "
-                   f"{c['changed']} / {c['added']} |")
+                   f"{r['uncertain_acc']:.4f} | {r['suspects_acc']:.4f} | "
+                   f"{c['changed']} / {c['confirmed']} |")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="12 slides x 16 cells, noise 0,0.2")
     p.add_argument("--work", type=Path)
@@ -188,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (cohort / "cells.csv").exists():
         mil("synth", str(cohort), "--slides", str(a.slides), "--cells", str(a.cells),
             "--seed", str(a.seed), "--overwrite")
-    mil("extract", str(cohort / "images"), str(store), "--threads", "2", "-q")
+    if not store.exists():
+        mil("extract", str(cohort / "images"), str(store), "--threads", "2", "-q")
     true = truth(cohort)
     rows = [level(a, noise, store, true) for noise in a.noise]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -14,7 +14,8 @@ Consensus of a cell: the majority over all answers given to it; a tie for the to
 cells are excluded and counted; ``unusable`` cells are excluded and reported as the share of
 unusable cells. ``error_rate`` is the whole-store error: per predicted class (stratum) error
 rates weighted by the store's predicted-class shares, with Wilson intervals at the design's
-effective sample size (:func:`mil.stats.stratified_proportion`). Audits drawn by another
+effective sample size (:func:`mil.stats.stratified_proportion`). ``latent_class`` gives the
+same rates with the raters' own mistakes modelled (:mod:`mil.blast.latent`). Audits drawn by another
 strategy than ``stratified`` are not random samples: they get ``sample_error_rate`` only.
 """
 
@@ -44,6 +45,7 @@ from mil.blast.folder import (
     rater_files,
     read_rater,
 )
+from mil.blast.latent import latent_error
 from mil.errors import CliError
 from mil.stats import stratified_proportion, wilson_interval
 from mil.tables import read_rows, row_error
@@ -217,6 +219,19 @@ def _agreement(audit: Audit, n_boot: int, seed: int) -> dict[str, Any]:
     return res
 
 
+def _latent(audit: Audit, shares: dict[str, float] | None, n_boot: int,
+            seed: int) -> dict[str, Any]:
+    """The rater-error-corrected error rates (:mod:`mil.blast.latent`)."""
+    names = list(audit.raters)
+    code = {BLAST: 1, NONBLAST: 0}
+    answers = np.array([[code.get(audit.raters[r].get(c, ""), -1) for r in names]
+                        for c in audit.cells], dtype=np.int64).reshape(len(audit.cells),
+                                                                      len(names))
+    strata = np.array([audit.predicted[c] for c in audit.cells], dtype=np.int64)
+    sh = (shares[BLAST], shares[NONBLAST]) if shares else None
+    return latent_error(strata, answers, sh, names, n_boot=n_boot, seed=seed)
+
+
 def score_audit(path: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Everything ``noise.json`` holds for an audit folder or review sheet."""
     audit = load_audit(path)
@@ -238,6 +253,7 @@ def score_audit(path: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]
         "skipped_empty": sum(v is None for v in labels.values()),
         "unusable": _unusable_share(audit, labels, shares),
         "agreement": _agreement(audit, n_boot, seed),
+        "latent_class": _latent(audit, shares, n_boot, seed),
         "per_rater": {r: _rater_summary(audit, r, shares) for r in audit.raters},
         "sheet": str(_sheet_and_folder(path)[0]),
         "note": "error_rate: estimated fraction of cells whose predicted class is wrong, over "
