@@ -112,6 +112,8 @@ def test_noise_rate_tempering(tmp_path: Path):
     audit = tmp_path / "audit.json"
     audit.write_text(json.dumps({"error_rate": 0.15, "n": 40}))
     assert parse_noise_rate(str(audit)) == 0.15
+    audit.write_text(json.dumps({"error_rate": 0.3, "filter_error_rate": 0.02}))  # mil.blast noise
+    assert parse_noise_rate(str(audit)) == 0.02
     for bad in ("0.5", "-0.1", str(tmp_path / "none.json")):
         with pytest.raises(CliError, match="--noise-rate"):
             parse_noise_rate(bad)

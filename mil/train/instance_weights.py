@@ -47,7 +47,9 @@ def temper(prob: np.ndarray, noise_rate: float) -> np.ndarray:
 
 
 def parse_noise_rate(value: str | float | None) -> float:
-    """A number in [0, 0.5), or the JSON of ``mil.blast audit --score`` (key ``error_rate``)."""
+    """A number in [0, 0.5), or the JSON of ``mil.blast audit --score`` (key ``error_rate``)
+    or of ``mil.blast noise`` (key ``filter_error_rate``: its ``error_rate`` is the noise of the
+    expert labels, not of the filter's calls)."""
     if value is None or value == "":
         return 0.0
     try:
@@ -59,7 +61,8 @@ def parse_noise_rate(value: str | float | None) -> float:
             raise CliError(f"--noise-rate: {value!r} is neither a number nor a file") from None
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-            rate = float(doc["error_rate"])
+            rate = float(doc["filter_error_rate"] if "filter_error_rate" in doc
+                         else doc["error_rate"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise CliError(f"--noise-rate: {path} is not JSON with a numeric 'error_rate'") from None
         source = str(path)
