@@ -21,12 +21,15 @@ def make_store(
     coords: bool = False,
     blast_prob: bool = False,
     prefix: str = "S",
+    attrs: dict | None = None,
 ) -> BagStore:
-    """A bag store with random features; ``cells`` may be a (low, high) range per slide."""
+    """A bag store with random features; ``cells`` may be a (low, high) range per slide;
+    ``attrs`` adds or replaces root attributes (e.g. preprocessing)."""
     rng = np.random.default_rng(seed)
     st = open_store(path, "a")
     st.init({"backbone": "test", "feature_dim": dim, "dtype": dtype, "image_size": 32,
-             "weights": {"source": "none", "sha256": None}, "weights_sha256": "none"})
+             "weights": {"source": "none", "sha256": None}, "weights_sha256": "none",
+             **(attrs or {})})
     for i in range(slides):
         n = cells if isinstance(cells, int) else int(rng.integers(cells[0], cells[1] + 1))
         feats = rng.normal(size=(n, dim)).astype(dtype)
@@ -37,6 +40,14 @@ def make_store(
         if blast_prob:
             st.write_annotation(sid, "blast_prob", rng.uniform(size=n).astype(np.float32))
     return st
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line a CLI wrote to stderr (warnings logged on the way may precede it)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and "Traceback" not in "".join(lines), lines
+    assert sum(": error: " in line for line in lines) == 1 and ": error: " in lines[-1], lines
+    return lines[-1]
 
 
 @pytest.fixture(params=["h5", "zarr"])

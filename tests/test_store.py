@@ -191,14 +191,14 @@ from mil.store import open_store
 st = open_store(sys.argv[1], "a")
 st.init({"backbone": "b", "feature_dim": 64})
 st.write_slide("done", np.ones((10, 64), np.float16), [str(i) for i in range(10)], ["p"] * 10)
-import mil.store.backends as sb
-orig = sb.H5Backend._create if sys.argv[1].endswith(".h5") else sb.ZarrBackend._create
+import mil.store.backends as sb, mil.store.zarr_backend as zb
+orig = sb.H5Backend._create if sys.argv[1].endswith(".h5") else zb.ZarrBackend._create
 def dying(self, grp, name, data):
     out = orig(self, grp, name, data)
     if name == "paths":
         os._exit(9)   # like kill -9: no cleanup, no flush
     return out
-sb.H5Backend._create = sb.ZarrBackend._create = dying
+sb.H5Backend._create = zb.ZarrBackend._create = dying
 st.write_slide("half", np.ones((1000, 64), np.float16), [str(i) for i in range(1000)], ["p"] * 1000)
 """
 
@@ -301,3 +301,16 @@ def test_file_name_is_safe_and_readable(sid: str) -> None:
         assert name == "S003"
     else:
         assert name != file_name(sid + "x")
+
+
+def test_file_names_are_distinct_without_case_and_not_reserved() -> None:
+    from mil.store import file_names
+
+    ids = ["Case", "case", "CASE", "CON", "con.txt", "Lpt9", "slide.", "S01", "x/y", "X/y"]
+    names = file_names(ids)
+    assert len({n.lower() for n in names.values()}) == len(ids)
+    reserved = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                *(f"LPT{i}" for i in range(1, 10))}
+    assert not any(n.split(".")[0].upper() in reserved or n.endswith(".") for n in names.values())
+    assert names["S01"] == "S01" and names["Case"].startswith("Case-")  # readable, then a hash
+    assert file_names(["Case"]) == {"Case": "Case"}  # alone, nothing collides

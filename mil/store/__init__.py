@@ -6,8 +6,8 @@ cell ids, image paths, optional coordinates and per-cell annotations such as ``b
 
 from mil.store.bag import Bag, CellId, SlideId
 from mil.store.bagstore import BagStore, open_store
-from mil.store.keys import decode_key, encode_key, file_name
+from mil.store.keys import decode_key, encode_key, file_name, file_names
 from mil.store.schema import BLAST_PROB, CORE_ARRAYS, SCHEMA, backend_of
 
 __all__ = ["BLAST_PROB", "CORE_ARRAYS", "SCHEMA", "Bag", "BagStore", "CellId", "SlideId",
-           "backend_of", "decode_key", "encode_key", "file_name", "open_store"]
+           "backend_of", "decode_key", "encode_key", "file_name", "file_names", "open_store"]

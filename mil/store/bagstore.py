@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from mil.errors import CliError
+from mil.outputs import require_writable
 from mil.provenance import feature_differences
-from mil.store.backends import H5Backend, ZarrBackend
+from mil.store.backends import H5Backend
 from mil.store.bag import Bag, SlideId
 from mil.store.keys import decode_key, encode_key
 from mil.store.schema import CORE_ARRAYS, SCHEMA, backend_of, check_schema, now
+from mil.store.zarr_backend import ZarrBackend
 
 
 class BagStore:
@@ -37,6 +39,7 @@ class BagStore:
         if not exists and not self.writable:
             raise CliError(f"bag store not found: {self.path}")
         if self.writable:
+            require_writable(self.path, "bag store")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         cls = H5Backend if self.kind == "hdf5" else ZarrBackend
         self._b = cls(self.path, self.writable)
@@ -87,6 +90,11 @@ class BagStore:
         stamp = {"schema": SCHEMA, "created": old.get("created") or now()}
         self._b.set_root_attrs({**attrs, **stamp})
 
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Add or replace root attributes of an initialised store (e.g. the extraction's notes)."""
+        self._require_writable()
+        self._b.set_root_attrs(attrs)
+
     # -- reading ---------------------------------------------------------------------------
     def _key_map(self) -> dict[SlideId, str]:
         if self._keys is None:
@@ -122,13 +130,33 @@ class BagStore:
     def n_cells(self, slide_id: SlideId) -> int:
         return int(self.slide_attrs(slide_id)["n_cells"])
 
+    def _data(self, slide_id: SlideId, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """One array of a slide; a damaged one (unreadable, checksum or chunks missing,
+        non-finite floats) is a one-line CliError naming the slide, never data."""
+        key = self._key(slide_id)
+        try:
+            out = self._b.read(key, name, rows)
+        except (OSError, ValueError, KeyError) as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise DamagedSlide(self.path, slide_id, name, why) from None
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            bad = int((~np.isfinite(out)).sum())
+            raise DamagedSlide(self.path, slide_id, name, f"{bad} non-finite value(s)")
+        return out
+
     def features(self, slide_id: SlideId, rows: np.ndarray | None = None) -> np.ndarray:
         """(N, D) embeddings, or only ``rows`` (in the order given)."""
-        return self._b.read(self._key(slide_id), "features", rows)
+        return self._data(slide_id, "features", rows)
 
     def strings(self, slide_id: SlideId, name: str) -> list[str]:
-        """A string array: ``cell_ids``, ``paths`` or ``failed``."""
-        return [str(s) for s in self._b.read(self._key(slide_id), name)]
+        """A string array: ``cell_ids``, ``paths``, ``failed`` or ``failed_reason``.
+
+        ``failed_reason`` ('missing' or 'unreadable' per failed image) is absent from stores
+        written before it existed: their reasons read as 'unknown'.
+        """
+        if name == "failed_reason" and name not in self._b.array_names(self._key(slide_id)):
+            return ["unknown"] * int(self.slide_attrs(slide_id).get("n_failed", 0))
+        return [str(s) for s in self._data(slide_id, name)]
 
     def annotations(self, slide_id: SlideId) -> list[str]:
         """Names of the per-cell annotations of a slide (e.g. ``blast_prob``)."""
@@ -139,27 +167,36 @@ class BagStore:
         """A per-cell annotation (N,), or None when the slide does not have it."""
         if name not in self.annotations(slide_id):
             return None
-        return self._b.read(self._key(slide_id), name)
+        return self._data(slide_id, name)
 
     def annotation_attrs(self, slide_id: SlideId, name: str) -> dict[str, Any]:
         return self._b.array_attrs(self._key(slide_id), name)
 
     def coords(self, slide_id: SlideId) -> np.ndarray | None:
         """(N, 2) cell coordinates, or None when the slide has none."""
-        key = self._key(slide_id)
-        return self._b.read(key, "coords") if "coords" in self._b.array_names(key) else None
+        has = "coords" in self._b.array_names(self._key(slide_id))
+        return self._data(slide_id, "coords") if has else None
+
+    def inspect(self, slide_id: SlideId) -> dict[str, tuple[tuple[int, ...], int, bool | None]]:
+        """array -> (shape, chunks missing, checksummed or None), from metadata only."""
+        key, b = self._key(slide_id), self._b
+        return {n: (b.shape(key, n), b.missing_chunks(key, n), b.checksummed(key, n))
+                for n in sorted(b.array_names(key)) if not n.startswith("_")}
+
+    def incomplete(self) -> list[str]:
+        """Keys of slide groups without the completion mark (never read as slides)."""
+        return sorted(self._b.incomplete_keys())
 
     def read(self, slide_id: SlideId) -> Bag:
         """Everything stored for one slide."""
-        key = self._key(slide_id)
-        names = self._b.array_names(key)
+        names = self._b.array_names(self._key(slide_id))
         return Bag(
             slide_id=slide_id,
-            features=self._b.read(key, "features"),
+            features=self.features(slide_id),
             cell_ids=self.strings(slide_id, "cell_ids"),
             paths=self.strings(slide_id, "paths"),
             coords=self.coords(slide_id) if "coords" in names else None,
-            annotations={n: self._b.read(key, n) for n in self.annotations(slide_id)},
+            annotations={n: self._data(slide_id, n) for n in self.annotations(slide_id)},
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -176,8 +213,12 @@ class BagStore:
         coords: np.ndarray | None = None,
         failed: list[str] | None = None,
         attrs: dict[str, Any] | None = None,
+        failed_reason: list[str] | None = None,
     ) -> None:
-        """Write (or replace) one slide atomically: afterwards it is complete or absent."""
+        """Write (or replace) one slide atomically: afterwards it is complete or absent.
+
+        ``failed_reason`` says why each ``failed`` image was left out ('missing', 'unreadable').
+        """
         self._require_writable()
         n = len(cell_ids)
         if features.ndim != 2 or features.shape[0] != n or len(paths) != n:
@@ -191,6 +232,11 @@ class BagStore:
             "paths": np.asarray(paths, dtype=object),
             "failed": np.asarray(list(failed or []), dtype=object),
         }
+        if failed_reason is not None:
+            if len(failed_reason) != len(failed or []):
+                raise ValueError(f"slide '{slide_id}': {len(failed_reason)} reasons for "
+                                 f"{len(failed or [])} failed images")
+            arrays["failed_reason"] = np.asarray(list(failed_reason), dtype=object)
         if coords is not None:
             arrays["coords"] = np.asarray(coords, dtype=np.float32).reshape(n, 2)
         meta = {**(attrs or {}), "slide_id": slide_id, "n_cells": n,
@@ -215,6 +261,15 @@ class BagStore:
         self._require_writable()
         self._b.delete(self._key(slide_id))
         del self._key_map()[slide_id]
+
+
+class DamagedSlide(CliError):
+    """A slide array that cannot be trusted: unreadable, checksum or chunks missing, non-finite."""
+
+    def __init__(self, path: Path, slide_id: SlideId, name: str, why: str) -> None:
+        super().__init__(f"{path}: slide '{slide_id}': {name} is damaged ({why}); "
+                         f"python -m mil.store verify {path} lists every bad slide")
+        self.slide_id, self.name, self.why = slide_id, name, why
 
 
 def open_store(path: str | Path, mode: str = "r") -> BagStore:

@@ -1,4 +1,4 @@
-"""``python -m mil.store info PATH | convert A B | import-h5dir DIR OUT``."""
+"""``python -m mil.store info PATH | verify PATH | convert A B | import-h5dir DIR OUT``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from mil.cli import Command, run_command
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
     p.add_argument("--slides", action="store_true", help="one line per slide")
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +35,14 @@ def _info(args: argparse.Namespace) -> None:
     print(info_text(args.path, per_slide=args.slides))
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from mil.store.verify import verify
+
+    health = verify(args.path)
+    print("\n".join(health.lines()))
+    return 0 if health.ok else 1
+
+
 def _convert(args: argparse.Namespace) -> None:
     from mil.store.convert import convert
 
@@ -50,6 +62,8 @@ COMMAND = Command(
     subcommands=(
         Command("info", "slides, cells, feature dim, backbone, weights, failed cells",
                 run=_info, arguments=_info_args),
+        Command("verify", "read every slide: complete, readable, finite, consistent; "
+                          "exit 1 naming each bad slide", run=_verify, arguments=_verify_args),
         Command("convert", "copy a store into the other backend, losslessly",
                 run=_convert, arguments=_convert_args),
         Command("import-h5dir", "import CLAM/TRIDENT per-slide feature .h5 files",

@@ -34,7 +34,7 @@ def convert(src: str | Path, dst: str | Path, overwrite: bool = False) -> int:
             attrs = {k: v for k, v in s.slide_attrs(sid).items()
                      if k not in ("slide_id", "n_cells", "n_failed", "written")}
             d.write_slide(sid, bag.features, bag.cell_ids, bag.paths, bag.coords,
-                          s.strings(sid, "failed"), attrs)
+                          s.strings(sid, "failed"), attrs, s.strings(sid, "failed_reason"))
             for name, values in bag.annotations.items():
                 extra = {k: v for k, v in s.annotation_attrs(sid, name).items() if k != "written"}
                 d.write_annotation(sid, name, values, extra)

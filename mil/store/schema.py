@@ -9,11 +9,11 @@ from typing import Any
 from mil.errors import CliError
 
 SCHEMA_NAME = "cellmil.bagstore"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: checksums, NaN fill (zarr), failed_reason
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
 # Arrays a slide always has; anything else under a slide is a per-cell annotation.
-CORE_ARRAYS = ("features", "cell_ids", "paths", "failed", "coords")
+CORE_ARRAYS = ("features", "cell_ids", "paths", "failed", "failed_reason", "coords")
 BLAST_PROB = "blast_prob"  # name of the per-cell annotation written by the blast filter
 
 

@@ -1,0 +1,148 @@
+"""Fault injection: damaged stores, kill -9 mid-overwrite, two writers, read-only folders,
+corrupt checkpoints. Every fault must end in one line naming what is wrong, never in data that
+reads as healthy, a traceback or half an output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mil.errors import CliError
+from mil.store import BLAST_PROB, encode_key, open_store
+from mil.store import cli as store_cli
+from mil.store.info import info_text
+from tests.conftest import error_line, make_store, write_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+# -- damaged stores -----------------------------------------------------------------------------
+def test_zarr_deleted_chunks_are_refused_and_verified(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "s.zarr"
+    make_store(path, slides=4, blast_prob=True).close()
+    assert store_cli.main(["verify", str(path)]) == 0
+    assert "4 of 4 slides healthy" in capsys.readouterr().out
+    slides = path / "slides"
+    for sid, name in (("S01", "features"), ("S02", BLAST_PROB), ("S03", "cell_ids")):
+        for chunk in (slides / encode_key(sid) / name / "c").rglob("*"):
+            if chunk.is_file():
+                chunk.unlink()
+    assert store_cli.main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "bad slide 'S01': features: 1 chunk(s) missing" in out
+    assert "bad slide 'S02'" in out and "bad slide 'S03'" in out and "'S00'" not in out
+    assert "1 of 4 slides healthy" in out
+    assert "3 bad slide(s)" in info_text(path)  # info says it from metadata alone
+    st = open_store(path)
+    for read in (lambda: st.features("S01"), lambda: st.annotation("S02", BLAST_PROB),
+                 lambda: st.strings("S03", "cell_ids")):
+        with pytest.raises(CliError, match="is damaged .*chunk"):
+            read()
+    assert st.read("S00").features.shape == (6, 8)
+
+
+def test_hdf5_flipped_bytes_fail_loudly(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "s.h5"
+    make_store(path, slides=3).close()
+    with h5py.File(path, "r") as f:
+        ds = f[f"slides/{encode_key('S01')}/features"]
+        assert ds.fletcher32
+        offset = ds.id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 7] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    assert store_cli.main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "bad slide 'S01': features" in out and "2 of 3 slides healthy" in out
+    with pytest.raises(CliError, match="slide 'S01': features is damaged"):
+        open_store(path).features("S01")
+
+
+def test_old_stores_without_checksums_still_read(tmp_path: Path, monkeypatch, capsys) -> None:
+    import mil.store.backends as backends
+
+    monkeypatch.setattr(backends, "H5_CHECKSUM", {})  # as cellmil wrote before fletcher32
+    make_store(tmp_path / "old.h5", slides=2).close()
+    monkeypatch.undo()
+    with h5py.File(tmp_path / "old.h5", "r") as f:
+        assert not f[f"slides/{encode_key('S00')}/features"].fletcher32
+    assert open_store(tmp_path / "old.h5").features("S00").shape == (6, 8)
+    assert store_cli.main(["verify", str(tmp_path / "old.h5")]) == 0
+    assert "without checksums" in capsys.readouterr().out
+    assert "checksums   none on" in info_text(tmp_path / "old.h5")
+
+
+def test_non_finite_features_are_refused_by_every_reader(fit_run, tmp_path: Path, capsys) -> None:
+    from mil.fit import main as fit_main
+    from mil.predict import main as predict_main
+
+    path = tmp_path / "nan.h5"
+    st = make_store(path, slides=8, blast_prob=True)
+    feats = st.features("S02").astype(np.float32)
+    feats[1, 3] = np.nan  # what random bytes in an unchecksummed chunk become
+    st.write_slide("S02", feats.astype(np.float16), st.strings("S02", "cell_ids"),
+                   st.strings("S02", "paths"))
+    st.write_annotation("S02", BLAST_PROB, np.full(6, 0.5, np.float32))
+    st.close()
+    labels = write_labels(tmp_path / "labels.csv", [f"S{i:02d}" for i in range(8)])
+    assert fit_main([str(path), "--labels", str(labels), "--out", str(tmp_path / "run"),
+                     "--folds", "2", "--epochs", "1", "--no-progress"]) == 2
+    assert "slide 'S02': features is damaged (1 non-finite value(s))" in error_line(capsys)
+    assert predict_main([str(fit_run["out"]), "--store", str(path), "--slides", "S02",
+                         "--out", str(tmp_path / "p.csv")]) == 2
+    assert "slide 'S02': features is damaged" in error_line(capsys)
+    assert not (tmp_path / "p.csv").exists()
+    assert store_cli.main(["verify", str(path)]) == 1
+    assert "bad slide 'S02': features: 1 non-finite value(s)" in capsys.readouterr().out
+
+
+# -- two writers ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def held_open(path: Path, mode: str = "a"):
+    """Another process holding ``path`` open (for writing by default) until the block ends."""
+    code = ("import sys, time; from mil.store import open_store; s = open_store(sys.argv[1], "
+            f"{mode!r}); s.attrs; print('open', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "open"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_concurrent_writers_are_refused(tmp_path: Path, capsys) -> None:
+    from mil.extract.cli import main as extract_main
+    from tests.test_extract import TINY, make_cohort
+
+    src = make_cohort(tmp_path / "cells", slides=2, cells=2)
+    zarr_store, h5_store = tmp_path / "s.zarr", tmp_path / "s.h5"
+    assert extract_main([str(src), str(zarr_store), *TINY]) == 0
+    make_store(h5_store, slides=1).close()
+    capsys.readouterr()
+    with held_open(zarr_store):
+        assert extract_main([str(src), str(zarr_store), *TINY]) == 2
+        err = error_line(capsys)
+        assert f"another process is writing {zarr_store}" in err
+        assert open_store(zarr_store).slides() == ["slide0", "slide1"]  # readers are welcome
+    with open_store(zarr_store, "a") as st:  # the lock died with its holder
+        st.delete_slide("slide1")
+    with held_open(h5_store), pytest.raises(CliError, match=re.escape(
+            f"another process is writing {h5_store}")):
+        open_store(h5_store).slides()
