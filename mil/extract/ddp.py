@@ -27,9 +27,12 @@ from mil.config import save_config
 from mil.errors import CliError
 from mil.extract.backbone import build_backbone
 from mil.extract.config import ExtractConfig, config_path, resolve_runtime
+from mil.extract.fingerprint import scan_inputs
 from mil.extract.pipeline import embed, log, resolve_device, store_attrs
+from mil.extract.resume import ResumePlan, finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
+from mil.outputs import require_writable
 from mil.store import backend_of, open_store
 
 
@@ -64,28 +67,33 @@ def merge_parts(store: Any, out: str | Path) -> int:
         with src:
             for sid in src.slides():
                 bag = src.read(sid)
+                attrs = {k: v for k, v in src.slide_attrs(sid).items()
+                         if k not in ("slide_id", "n_cells", "n_failed", "written")}
                 store.write_slide(sid, bag.features, bag.cell_ids, bag.paths, coords=bag.coords,
-                                  failed=src.strings(sid, "failed"))
+                                  failed=src.strings(sid, "failed"), attrs=attrs,
+                                  failed_reason=src.strings(sid, "failed_reason"))
                 n += 1
     shutil.rmtree(folder)
     return n
 
 
-def _prepare(cfg: ExtractConfig, attrs: dict[str, Any]) -> list[str]:
-    """Rank 0: check/stamp the store, recover a killed run's parts; the complete slides."""
+def _prepare(cfg: ExtractConfig, attrs: dict[str, Any], cohort: Any, inputs: Any) -> ResumePlan:
+    """Rank 0: check/stamp the store, recover a killed run's parts; what is left to do."""
     with open_store(cfg.out, "a") as store:
         store.init(attrs, overwrite=cfg.overwrite)
         recovered = merge_parts(store, cfg.out)
         if recovered:
             log.info("recovered %d slides from an interrupted run", recovered)
         save_config(cfg, config_path(cfg.out))
-        return store.slides()
+        return plan_resume(store, cohort, inputs, cfg.overwrite)
 
 
 def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     """Run on every rank; returns the merged summary on rank 0 and None elsewhere."""
     backend_of(cfg.out)
+    require_writable(cfg.out, "bag store")
     cohort = find_cells(cfg.source, cfg.manifest)  # user errors surface before any launch
+    inputs = scan_inputs(cohort, cfg.source)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
@@ -103,7 +111,7 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
     status: tuple[str, Any] = ("ok", None)
     if rank == 0:
         try:
-            status = ("ok", _prepare(cfg, attrs))
+            status = ("ok", _prepare(cfg, attrs, cohort, inputs))
         except CliError as err:
             status = ("error", str(err))
     status = fabric.broadcast(status, src=0)
@@ -111,24 +119,25 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
         if rank == 0:
             raise CliError(status[1])
         raise SystemExit(2)
-    done = set(status[1])
-    pending = [s for s in cohort.slides if s not in done]
+    plan: ResumePlan = status[1]
+    pending = plan.pending
     mine = assign(pending, {s: len(cohort.slides[s]) for s in pending}, world)[rank]
     folder = parts_dir(cfg.out)
     folder.mkdir(parents=True, exist_ok=True)
     with open_store(folder / f"rank-{rank:05d}{Path(cfg.out).suffix}", "a") as part:
         part.init(attrs, overwrite=True)
-        sink = SlideSink(part, cohort, mine, bb.feature_dim, cfg.dtype)
+        sink = SlideSink(part, cohort, mine, bb.feature_dim, cfg.dtype, inputs)
         embed(bb, sink, cfg, fabric.device, progress and rank == 0)
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, sink.summary)
     fabric.barrier()
     if rank != 0:
         return None
-    summary = Summary(skipped=len(cohort.slides) - len(pending))
+    summary = Summary()
     for s in gathered:
         summary.add(s)
     with open_store(cfg.out, "a") as store:
         merge_parts(store, cfg.out)
+        finish(store, summary, cohort, plan, cfg.source)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -26,9 +26,12 @@ from mil.config import config_dict, save_config
 from mil.errors import CliError
 from mil.extract.backbone import build_backbone
 from mil.extract.config import DELAY_ENV, ExtractConfig, config_path, resolve_runtime, runtime
+from mil.extract.fingerprint import scan_inputs
 from mil.extract.images import CellImages, make_loader, normalise
+from mil.extract.resume import finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
+from mil.outputs import require_writable
 from mil.store import backend_of, open_store
 
 log = logging.getLogger("mil.extract")
@@ -103,7 +106,9 @@ def resolve_device(name: str) -> Any:
 def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
     """The single-process extraction (see :mod:`mil.extract.ddp` for several processes)."""
     backend_of(cfg.out)
+    require_writable(cfg.out, "bag store")
     cohort = find_cells(cfg.source, cfg.manifest)
+    inputs = scan_inputs(cohort, cfg.source)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
@@ -111,16 +116,12 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
     with open_store(cfg.out, "a") as store:
         store.init(store_attrs(bb, cfg), overwrite=cfg.overwrite)
         save_config(cfg, config_path(cfg.out))
-        done = set(store.slides())
-        pending = [s for s in cohort.slides if s not in done]
-        log.info("%s: %d slides, %d cells; %d slides already complete, %d to do",
-                 cfg.source, len(cohort.slides), cohort.n_cells(), len(done & set(cohort.slides)),
-                 len(pending))
-        sink = SlideSink(store, cohort, pending, bb.feature_dim, cfg.dtype)
+        plan = plan_resume(store, cohort, inputs, cfg.overwrite)
+        sink = SlideSink(store, cohort, plan.pending, bb.feature_dim, cfg.dtype, inputs)
         t1 = time.perf_counter()
         embed(bb, sink, cfg, device, progress)
-    summary = sink.summary
-    summary.embed_seconds = time.perf_counter() - t1
-    summary.skipped = len(cohort.slides) - len(pending)
+        summary = sink.summary
+        summary.embed_seconds = time.perf_counter() - t1
+        finish(store, summary, cohort, plan, cfg.source)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -10,7 +10,8 @@ from the manifest's folder. Without ``cell_id`` a cell is named by its file stem
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mil.errors import CliError
@@ -37,6 +38,8 @@ class Cohort:
     root: Path
     slides: dict[str, list[Cell]]
     has_coords: bool = False
+    empty: list[str] = field(default_factory=list)  # slide folders without any cell image
+    other_files: list[str] = field(default_factory=list)  # files of unsupported types, skipped
 
     def n_cells(self) -> int:
         return sum(len(c) for c in self.slides.values())
@@ -54,11 +57,11 @@ def from_folders(root: Path) -> Cohort:
     if not root.is_dir():
         raise CliError(f"source folder not found: {root}")
     slides: dict[str, list[Cell]] = {}
+    empty, other = [], []
     for slide_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p for p in slide_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        found = sorted(p for p in slide_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+        other += [_rel(p, root) for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         cells = []
         for p in files:
             cell_id = p.relative_to(slide_dir).with_suffix("").as_posix()
@@ -66,19 +69,25 @@ def from_folders(root: Path) -> Cohort:
         _check_unique(cells, str(slide_dir))
         if cells:
             slides[slide_dir.name] = cells
+        else:
+            empty.append(slide_dir.name)
     if not slides:
+        found_other = f" (found only other files, e.g. {other[0]})" if other else ""
         raise CliError(f"no cell images ({', '.join(sorted(IMAGE_SUFFIXES))}) in slide folders "
-                       f"under {root}")
-    return Cohort(root.resolve(), slides)
+                       f"under {root}{found_other}")
+    return Cohort(root.resolve(), slides, empty=empty, other_files=other)
 
 
-def _float(value: str, field: str, where: str) -> float | None:
+def _float(value: str, column: str, where: str) -> float | None:
     if value is None or value.strip() == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise CliError(f"{where}: column '{field}' is not a number: {value!r}") from None
+        raise CliError(f"{where}: column '{column}' is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise CliError(f"{where}: column '{column}' is not a finite number: {value!r}")
+    return number
 
 
 def from_manifest(csv_path: Path) -> Cohort:
