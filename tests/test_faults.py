@@ -5,10 +5,13 @@ reads as healthy, a traceback or half an output."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -28,6 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+def tiny_filter(path: Path, store: Path, seed: int = 0) -> str:
+    """An (untrained) blast filter for the store's features; returns its sha256."""
+    from mil.blast.model import BlastClassifier, save_filter
+    from mil.provenance import feature_provenance
+
+    torch.manual_seed(seed)
+    attrs = open_store(store).attrs
+    return save_filter(path, BlastClassifier(int(attrs["feature_dim"])), temperature=1.0,
+                       provenance=feature_provenance(attrs), metrics={}, config={}, created="t")
 
 
 # -- damaged stores -----------------------------------------------------------------------------
@@ -108,6 +122,64 @@ def test_non_finite_features_are_refused_by_every_reader(fit_run, tmp_path: Path
     assert not (tmp_path / "p.csv").exists()
     assert store_cli.main(["verify", str(path)]) == 1
     assert "bad slide 'S02': features: 1 non-finite value(s)" in capsys.readouterr().out
+
+
+# -- kill -9 during blast predict --overwrite ------------------------------------------------------
+_SLOW_BLAST = """
+import sys, time
+import mil.store.bagstore as b
+write = b.BagStore.write_annotation
+def slow(self, *a, **k):
+    write(self, *a, **k)
+    time.sleep(0.4)
+b.BagStore.write_annotation = slow
+from mil.blast.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _filters(store: Path) -> list[str]:
+    out = []
+    for meta in sorted((store / "slides").glob(f"*/{BLAST_PROB}/zarr.json")):
+        out.append(json.loads(meta.read_text())["attributes"]["filter_sha256"])
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_during_blast_overwrite_is_refused_by_fit_and_predict(fit_run, tmp_path, capsys):
+    from mil.blast.cli import main as blast_main
+    from mil.fit import main as fit_main
+    from mil.predict import main as predict_main
+
+    store = tmp_path / "s.zarr"
+    make_store(store, slides=6).close()
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    sha_a, sha_b = tiny_filter(first, store, seed=0), tiny_filter(second, store, seed=1)
+    assert blast_main(["predict", str(store), "--filter", str(first)]) == 0
+    assert _filters(store) == [sha_a] * 6
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BLAST, "predict", str(store),
+                             "--filter", str(second), "--overwrite"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while _filters(store).count(sha_b) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    mixed = _filters(store)
+    assert 1 <= mixed.count(sha_b) < 6 and len(mixed) == 6, "not killed half-way"
+    labels = write_labels(tmp_path / "labels.csv", [f"S{i:02d}" for i in range(6)])
+    capsys.readouterr()
+    assert fit_main([str(store), "--labels", str(labels), "--out", str(tmp_path / "run"),
+                     "--instance-weights", "prior", "--folds", "2", "--epochs", "1",
+                     "--no-progress"]) == 2
+    err = error_line(capsys)
+    assert f"{BLAST_PROB} comes from 2 blast filters" in err and sha_b[:12] in err
+    assert not (tmp_path / "run" / "fold_0").exists()
+    assert predict_main([str(fit_run["out"]), "--store", str(store),
+                         "--out", str(tmp_path / "p.csv")]) == 2
+    assert "comes from 2 blast filters" in error_line(capsys)
+    assert blast_main(["predict", str(store), "--filter", str(second), "--overwrite"]) == 0
+    assert _filters(store) == [sha_b] * 6  # the way out the message names
 
 
 # -- two writers ------------------------------------------------------------------------------------

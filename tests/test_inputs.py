@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mil.fit import main as fit
 from mil.store import open_store
-from tests.conftest import error_line
+from tests.conftest import error_line, make_store, write_labels
 from tests.test_extract import TINY, make_cohort
 from tests.test_extract import run as extract
 
@@ -18,6 +19,30 @@ from tests.test_extract import run as extract
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+# -- mil.fit ----------------------------------------------------------------------------------------
+def test_fit_refuses_a_class_without_slides(tmp_path: Path, capsys) -> None:
+    make_store(tmp_path / "s.h5", slides=6).close()
+    labels = write_labels(tmp_path / "l.csv", [f"S{i:02d}" for i in range(6)], classes="AB")
+    assert fit([str(tmp_path / "s.h5"), "--labels", str(labels), "--out", str(tmp_path / "run"),
+                "--classes", "A,B,C", "--folds", "2", "--epochs", "1", "--no-progress"]) == 2
+    assert "no slide has class(es) C of --classes" in error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_checks_the_external_cohort_before_training(tmp_path: Path, capsys) -> None:
+    make_store(tmp_path / "s.h5", slides=6).close()
+    make_store(tmp_path / "ext.h5", slides=2, dim=5, prefix="E").close()
+    labels = write_labels(tmp_path / "l.csv", [f"S{i:02d}" for i in range(6)])
+    ext = write_labels(tmp_path / "ext.csv", ["E00", "E01"])
+    base = [str(tmp_path / "s.h5"), "--labels", str(labels), "--out", str(tmp_path / "run"),
+            "--folds", "2", "--epochs", "1", "--no-progress"]
+    assert fit([*base, "--test-store", str(tmp_path / "ext.h5"), "--test-labels", str(ext)]) == 2
+    assert "feature_dim 5 differs from the training store" in error_line(capsys)
+    assert not (tmp_path / "run").exists()  # no fold was trained first
+    assert fit([*base, "--test-store", str(tmp_path / "ext.h5")]) == 2
+    assert "--test-store needs --test-labels" in error_line(capsys)
 
 
 # -- mil.extract ------------------------------------------------------------------------------------

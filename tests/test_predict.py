@@ -74,3 +74,39 @@ def test_filter_mode_gives_zero_attention_to_dropped_cells(fit_run, tmp_path: Pa
     prob = open_store(fit_run["store"]).annotation("S00", "blast_prob")
     kept = (0.8 * prob + 0.1) >= 0.5  # tempered with the run's noise rate 0.1
     assert np.all(p.attention[~kept] == 0) and p.attention[kept].sum() == pytest.approx(1, abs=1e-4)
+
+
+PREPROCESSING = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                 "interpolation": "bicubic"}
+
+
+@pytest.fixture(scope="module")
+def run_with_preprocessing(fit_run, tmp_path_factory) -> Path:
+    """fit_run, as if its store had recorded mean, std and interpolation too."""
+    run = tmp_path_factory.mktemp("prep") / "run"
+    import shutil
+
+    shutil.copytree(fit_run["out"], run)
+    for ckpt in run.glob("fold_*/best.ckpt"):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state["hyper_parameters"]["provenance"].update(PREPROCESSING)
+        torch.save(state, ckpt)
+    return run
+
+
+@pytest.mark.parametrize(("key", "value"), [(None, None), ("image_size", 64),
+                                            ("mean", [0.4, 0.5, 0.5]), ("std", [0.2, 0.25, 0.25]),
+                                            ("interpolation", "bilinear"), ("dtype", "float32")])
+def test_refuses_store_with_other_preprocessing(run_with_preprocessing, tmp_path, capsys, key, value):
+    """One provenance check (mil.provenance.FEATURE_KEYS) for every stage, mil.predict included;
+    key None: the same preprocessing, accepted."""
+    other = {} if key in (None, "dtype") else {key: value}
+    make_store(tmp_path / "s.h5", slides=2, blast_prob=True, attrs={**PREPROCESSING, **other},
+               dtype="float32" if key == "dtype" else "float16").close()
+    rc = main([str(run_with_preprocessing), "--store", str(tmp_path / "s.h5"),
+               "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    if key is None:
+        assert rc == 0 and (tmp_path / "p.csv").is_file()
+        return
+    assert rc == 2 and "\n" not in err and f"{key} {value!r} differs from the run's" in err

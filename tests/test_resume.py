@@ -4,15 +4,19 @@ Stored paths resolve from the artefacts, not from the folder a command ran in.""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from mil.fit import main as fit
 from mil.store import open_store
 from mil.store.images import image_root
-from tests.conftest import error_line
+from mil.train.rundir import RunDir
+from tests.conftest import error_line, make_labelled_store
 from tests.test_extract import TINY, make_cohort
 from tests.test_extract import run as extract
 
@@ -81,3 +85,59 @@ def test_stored_paths_resolve_from_anywhere(tmp_path: Path, monkeypatch) -> None
         root = image_root(st.attrs, None, st.path)
         assert root == (tmp_path / "work" / "cells").resolve() and root.is_absolute()
         assert all((root / p).is_file() for p in st.strings("slide0", "paths"))
+
+
+# -- mil.fit ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, fit_run) -> dict[str, Path]:
+    """A finished 3-fold run started from relative paths, with a split file."""
+    root = tmp_path_factory.mktemp("small_run")
+    make_labelled_store(root / "s.h5", seed=3)[0].close()
+    shutil.copy(fit_run["out"] / "splits.json", root / "splits.json")  # the same 12 slide ids
+    argv = ["s.h5", "--labels", "labels.csv", "--out", "run", "--split-file", "splits.json",
+            "--epochs", "1", "--batch-size", "4", "--hidden", "8", "--attn-hidden", "4",
+            "--no-progress"]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert fit(argv) == 0
+    finally:
+        os.chdir(cwd)
+    return {"root": root, "argv": argv}
+
+
+def _rerun(small_run: dict, tmp_path: Path) -> Path:
+    """A copy of the run and its inputs in ``tmp_path`` (the current folder)."""
+    for name in ("s.h5", "labels.csv", "splits.json", "run"):
+        src = small_run["root"] / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
+    return tmp_path
+
+
+def test_fit_resume_refuses_changed_inputs(small_run, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(_rerun(small_run, tmp_path))
+    assert (tmp_path / "run" / "inputs.json").is_file()
+    assert fit(small_run["argv"]) == 0  # same inputs: every fold reused
+    labels = (tmp_path / "labels.csv").read_text()
+    (tmp_path / "labels.csv").write_text(labels.replace("S00,A", "S00,B"))
+    capsys.readouterr()
+    assert fit(small_run["argv"]) == 2
+    err = error_line(capsys)
+    assert "started with other inputs: the labels file" in err and "labels.csv changed" in err
+    (tmp_path / "labels.csv").write_text(labels)
+    splits = (tmp_path / "splits.json").read_text()
+    (tmp_path / "splits.json").write_text(splits.replace('"k": 3', '"k":  3'))
+    assert fit(small_run["argv"]) == 2
+    assert "the split file" in error_line(capsys)
+    (tmp_path / "splits.json").write_text(splits)
+    with open_store(tmp_path / "s.h5", "a") as st:  # a labelled slide re-extracted meanwhile
+        st.write_slide("S04", np.zeros((3, 8), np.float16), ["a", "b", "c"], ["a", "b", "c"])
+    assert fit(small_run["argv"]) == 2
+    assert "the labelled slides of the store" in error_line(capsys)
+
+
+def test_run_folder_finds_its_store_from_anywhere(small_run, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not where mil.fit ran
+    run = RunDir(small_run["root"] / "run")
+    assert run.store.is_absolute() and run.store == (small_run["root"] / "s.h5").resolve()
+    assert run.is_own_store(small_run["root"] / "s.h5")

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from mil.cli import Command, run_command, split_ids
+from mil.outputs import require_writable
 from mil.train.config import FitConfig
 
 
@@ -34,13 +35,18 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from mil.store import file_names
     from mil.train.predict import predict_slides, write_attention, write_predictions
 
+    require_writable(args.out, "predictions CSV")  # before the models run, not after
+    if args.attention:
+        require_writable(args.attention, "attention folder")
     preds = predict_slides(args.run_dir, args.store, split_ids(args.slides), args.batch_size)
     write_predictions(args.out, preds)
     if args.attention:
+        names = file_names([r.slide_id for r in preds])
         for r in preds:
-            write_attention(r, args.attention)
+            write_attention(r, args.attention, names[r.slide_id])
     print(f"predicted {len(preds)} slide(s) -> {args.out}")
 
 

@@ -42,6 +42,7 @@ from mil.train.instance_weights import InstanceWeights, parse_noise_rate
 from mil.train.labels import read_labels
 from mil.train.lightning_module import MILSystem
 from mil.train.metrics import bootstrap_intervals, slide_metrics, summarize_folds, summary_table
+from mil.train.preflight import preflight, save_inputs
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
 
 log = logging.getLogger("mil")
@@ -199,8 +200,9 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     table = read_labels(cfg.labels, cfg.classes, store.slides())
     noise = parse_noise_rate(cfg.noise_rate)
     cfg = replace(cfg, noise_rate=str(noise) if cfg.noise_rate is not None else None,
-                  classes=table.classes)
+                  classes=table.classes, store=Path(cfg.store).resolve())  # type: ignore[arg-type]
     _check_resume(cfg, run_dir)
+    inputs = preflight(cfg, table, store)
     folds, new_splits = _get_folds(cfg, table, run_dir)
     weights = InstanceWeights(cfg.instance_weights, cfg.filter_threshold, cfg.prior_strength, noise)
     attrs = store.attrs
@@ -212,6 +214,7 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
         save_config(cfg, run_dir / "config.yaml")
+        save_inputs(run_dir, inputs)
     if new_splits and _is_rank_zero():
         save_splits(folds, run_dir / "splits.json",
                     {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "labels": str(cfg.labels)})

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mil.store import BLAST_PROB, SlideId, open_store
-from mil.train.instance_weights import InstanceWeights
+from mil.train.instance_weights import InstanceWeights, check_one_filter
 
 log = logging.getLogger("mil")
 
@@ -57,6 +57,8 @@ class BagSource:
         self.rows: dict[SlideId, np.ndarray | None] = {}
         self.prob: dict[SlideId, np.ndarray | None] = {}
         self.length: dict[SlideId, int] = {}
+        if weights.needs_prob:
+            check_one_filter(self.store, slide_ids)
         for sid in slide_ids:
             n = self.store.n_cells(sid)
             raw = self.store.annotation(sid, BLAST_PROB) if weights.needs_prob else None

@@ -38,10 +38,20 @@ class SlidePrediction:
 
 
 def load_system(ckpt: str | Path) -> MILSystem:
-    """A trained :class:`MILSystem` in eval mode, on CPU (``weights_only=True``)."""
+    """A trained :class:`MILSystem` in eval mode, on CPU (``weights_only=True``).
+
+    A truncated, corrupt or foreign file (another model's checkpoint, pickled code) is a
+    one-line CliError naming it, whatever torch or Lightning raised.
+    """
     if not Path(ckpt).is_file():
         raise CliError(f"checkpoint not found: {ckpt}")
-    return MILSystem.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True).eval()
+    try:
+        system = MILSystem.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling, key, shape and type errors alike
+        why = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise CliError(f"{ckpt}: not a readable cellmil checkpoint ({type(err).__name__}: "
+                       f"{why}); delete it and re-run mil.fit to train that fold again") from None
+    return system.eval()
 
 
 def run_weights(config: Mapping[str, Any]) -> InstanceWeights:

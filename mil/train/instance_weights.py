@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +107,20 @@ class InstanceWeights:
                         slide_id, self.threshold, n_cells)
             return None, p
         return rows, p[rows]
+
+
+def check_one_filter(store: Any, slide_ids: Sequence[SlideId]) -> None:
+    """Refuse slides whose ``blast_prob`` came from different blast filters (e.g. after an
+    interrupted ``mil.blast predict --overwrite``): one run weighs every bag by one filter."""
+    by_filter: dict[str, list[SlideId]] = {}
+    for sid in slide_ids:
+        if BLAST_PROB in store.annotations(sid):
+            sha = str(store.annotation_attrs(sid, BLAST_PROB).get("filter_sha256") or "unknown")
+            by_filter.setdefault(sha, []).append(sid)
+    if len(by_filter) > 1:
+        parts = sorted(by_filter.items(), key=lambda kv: -len(kv[1]))
+        what = "; ".join(f"{len(ids)} slide(s) from filter {sha[:12]} (e.g. '{ids[0]}')"
+                         for sha, ids in parts)
+        raise CliError(f"{store.path}: {BLAST_PROB} comes from {len(parts)} blast filters ({what}); "
+                       "re-run python -m mil.blast predict --filter FILTER --overwrite to finish it")
+

@@ -28,12 +28,14 @@ def write_predictions(path: Path, preds: list[SlidePrediction]) -> None:
             w.writerow([r.slide_id, r.classes[int(r.probs.argmax())], *(f"{p:.6f}" for p in r.probs)])
 
 
-def write_attention(pred: SlidePrediction, folder: Path) -> Path:
-    """``folder/<encoded slide>.csv``: cell_id, path, attention per branch, blast_prob."""
+def write_attention(pred: SlidePrediction, folder: Path, name: str | None = None) -> Path:
+    """``folder/<name>.csv`` (default: :func:`mil.store.file_name` of the slide): cell_id,
+    path, attention per branch, blast_prob. Use :func:`mil.store.file_names` for ``name``
+    when writing several slides, so that no two names differ only in case."""
     folder.mkdir(parents=True, exist_ok=True)
     k = pred.attention.shape[1]
     names = ["attention"] if k == 1 else [f"attention_{c}" for c in pred.classes[:k]]
-    path = folder / f"{file_name(pred.slide_id)}.csv"
+    path = folder / f"{name or file_name(pred.slide_id)}.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["cell_id", "path", *names, "blast_prob"])
