@@ -5,12 +5,15 @@ reads as healthy, a traceback or half an output."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -218,3 +221,126 @@ def test_concurrent_writers_are_refused(tmp_path: Path, capsys) -> None:
     with held_open(h5_store), pytest.raises(CliError, match=re.escape(
             f"another process is writing {h5_store}")):
         open_store(h5_store).slides()
+
+
+# -- read-only folders ----------------------------------------------------------------------------
+@pytest.fixture
+def readable_dir():
+    """A folder other users can read (tmp_path is private to root), removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="cellmil-ro-"))
+    base.chmod(0o755)
+    yield base
+    for p in base.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+    shutil.rmtree(base)
+
+
+@contextlib.contextmanager
+def without_write_access():
+    """Run as a user the read-only folder applies to: root ignores permission bits."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+CASES = ["extract", "blast-fit", "blast-predict", "blast-audit", "review", "fit", "predict",
+         "heatmap", "convert"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_read_only_folders_fail_before_the_work(case, fit_run, readable_dir, monkeypatch, capsys):
+    from mil.blast.cli import main as blast_main
+    from mil.extract.cli import main as extract_main
+    from mil.fit import main as fit_main
+    from mil.heatmap import main as heatmap_main
+    from mil.predict import main as predict_main
+    from mil.review.cli import main as review_main
+    from tests.test_extract import TINY, make_cohort
+
+    base = readable_dir
+    ro = base / "ro"
+    ro.mkdir()
+    store = base / "s.h5"
+    shutil.copy(fit_run["store"], store)
+    run = base / "run"
+    shutil.copytree(fit_run["out"], run)
+    (base / "cells.csv").write_text("slide_id,cell_id,label\nS00,c000,blast\nS01,c001,0\n")
+
+    def never(*a, **k):
+        raise AssertionError("the work started before the output was checked")
+
+    if case == "blast-fit":
+        monkeypatch.setattr("mil.blast.train.cross_validate", never)
+    if case == "predict":
+        monkeypatch.setattr("mil.train.ensemble.run_models", never)
+    if case == "blast-predict":
+        make_store(ro / "s.zarr", slides=2).close()
+        tiny_filter(base / "f.pt", ro / "s.zarr")
+    if case == "extract":
+        make_cohort(base / "cells", slides=1, cells=2)
+    if case == "review":
+        assert blast_main(["audit", str(store), "--n", "4", "--out", str(ro / "audit")]) == 0
+    calls = {
+        "extract": lambda: extract_main([str(base / "cells"), str(ro / "f.h5"), *TINY]),
+        "blast-fit": lambda: blast_main(["fit", str(store), "--labels", str(base / "cells.csv"),
+                                         "--out", str(ro / "f.pt")]),
+        "blast-predict": lambda: blast_main(["predict", str(ro / "s.zarr"),
+                                             "--filter", str(base / "f.pt")]),
+        "blast-audit": lambda: blast_main(["audit", str(store), "--out", str(ro / "audit")]),
+        "fit": lambda: fit_main([str(store), "--labels", str(base / "labels.csv"),
+                                 "--out", str(ro / "run")]),
+        "predict": lambda: predict_main([str(run), "--store", str(store),
+                                         "--out", str(ro / "p.csv")]),
+        "heatmap": lambda: heatmap_main([str(run), "--store", str(store), "--out", str(ro / "rep")]),
+        "convert": lambda: store_cli.main(["convert", str(store), str(ro / "s.zarr")]),
+        "review": lambda: review_main([str(ro / "audit"), "--rater", "ann", "--port", "0"]),
+    }
+    shutil.copy(fit_run["labels"], base / "labels.csv")
+    # the commands' bodies are imported first: the interpreter's own files may be root's only
+    for module in ("mil.extract.pipeline", "mil.blast.train", "mil.blast.annotate",
+                   "mil.blast.audit", "mil.train.crossval", "mil.train.predict",
+                   "mil.explain.run", "mil.store.convert", "mil.review.app", "werkzeug.serving"):
+        importlib.import_module(module)
+    for p in [ro, *ro.rglob("*")]:  # the folder and whatever it holds
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    capsys.readouterr()
+    with without_write_access():
+        rc = calls[case]()
+    assert rc == 2
+    err = error_line(capsys)
+    assert "not writable" in err and str(ro) in err, err
+
+
+# -- corrupt checkpoints, whole-or-nothing reports --------------------------------------------------
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_one_line_and_heatmap_leaves_nothing(fit_run, tmp_path, capsys):
+    from mil.heatmap import main as heatmap_main
+    from mil.predict import main as predict_main
+
+    run = tmp_path / "run"
+    shutil.copytree(fit_run["out"], run)
+    bad = run / "fold_1" / "best.ckpt"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # truncated, e.g. a disk that filled up
+    out = tmp_path / "report"
+    assert heatmap_main([str(run), "--out", str(out)]) == 2
+    err = error_line(capsys)
+    assert str(bad) in err and "not a readable cellmil checkpoint" in err
+    assert not out.exists()  # fold 0's slides were exported, then taken back
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert heatmap_main([str(run), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 1.0}}, bad)
+    assert predict_main([str(run), "--out", str(tmp_path / "p.csv")]) == 2
+    err = error_line(capsys)
+    assert str(bad) in err and "not a readable cellmil checkpoint" in err

@@ -110,3 +110,27 @@ def test_refuses_store_with_other_preprocessing(run_with_preprocessing, tmp_path
         assert rc == 0 and (tmp_path / "p.csv").is_file()
         return
     assert rc == 2 and "\n" not in err and f"{key} {value!r} differs from the run's" in err
+
+
+def test_output_names_are_distinct_on_case_insensitive_and_windows_disks(fit_run, tmp_path):
+    from mil.heatmap import main as heatmap_main
+
+    ids = ["Case", "case", "CON", "nul.txt", "S07"]
+    st = make_store(tmp_path / "odd.h5", slides=0)
+    rng = np.random.default_rng(0)
+    for sid in ids:
+        st.write_slide(sid, rng.normal(size=(4, 8)).astype(np.float16), list("abcd"), list("abcd"))
+        st.write_annotation(sid, "blast_prob", np.full(4, 0.5, np.float32))
+    st.close()
+    reserved = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                *(f"LPT{i}" for i in range(1, 10))}
+    attn = tmp_path / "attn"
+    assert main([str(fit_run["out"]), "--store", str(tmp_path / "odd.h5"),
+                 "--out", str(tmp_path / "p.csv"), "--attention", str(attn)]) == 0
+    assert heatmap_main([str(fit_run["out"]), "--store", str(tmp_path / "odd.h5"),
+                         "--out", str(tmp_path / "rep")]) == 0
+    for names in ([p.stem for p in attn.iterdir()],
+                  [p.name for p in (tmp_path / "rep").iterdir() if p.is_dir()]):
+        assert len(names) == len(ids) and len({n.lower() for n in names}) == len(ids)
+        assert not any(n.split(".")[0].upper() in reserved for n in names)
+        assert "S07" in names  # names that cannot collide stay as they are

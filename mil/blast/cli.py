@@ -37,6 +37,7 @@ from mil.blast.config import FilterConfig, NoiseConfig
 from mil.cli import Command, run_command
 from mil.config import save_config
 from mil.errors import CliError
+from mil.outputs import require_writable
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,7 @@ def _fit(args: argparse.Namespace) -> None:
     from mil.blast.train import fit, metrics_text
 
     cfg: FilterConfig = args.cfg
+    require_writable(cfg.out, "filter")  # type: ignore[arg-type]  # before cross-validation
     metrics = fit(cfg)
     save_config(cfg, Path(cfg.out).with_suffix(".config.yaml"))  # type: ignore[arg-type]
     print(metrics_text(metrics))
@@ -114,6 +116,7 @@ def _audit(args: argparse.Namespace) -> None:
 
     if not args.store or not args.out:
         raise CliError("audit needs STORE and --out DIR (or --score AUDIT_DIR)")
+    require_writable(args.out, "audit folder")
     audit(args.store, n=args.n, out=Path(args.out), seed=args.seed, source=args.source,
           strategy=args.strategy, suspects=args.suspects, neighbours=args.neighbours)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mil.cli import Command, run_command, split_ids
 from mil.errors import CliError
+from mil.outputs import require_writable
 
 NORM_CHOICES = ("rank", "minmax", "raw")  # mil.explain.attention.NORMS
 
@@ -43,6 +44,7 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
+    require_writable(args.out, "report folder")
     opts = HeatmapOptions(args.source, split_ids(args.slides), args.top_k, args.norm,
                           args.occlusion, args.labels, args.batch_size)
     rows = export_run(args.run_dir, args.store, args.out, opts)

@@ -37,9 +37,9 @@ class SlideExport:
     files: dict[str, str] = field(default_factory=dict)  # kind -> file name in the folder
 
 
-def slide_folder(out: Path, slide_id: str) -> Path:
-    """``out/<safe name>``, guaranteed to be a direct child of ``out``."""
-    name = file_name(slide_id)
+def slide_folder(out: Path, slide_id: str, name: str | None = None) -> Path:
+    """``out/<safe name>`` (``name``: one of :func:`mil.store.file_names`), a direct child of ``out``."""
+    name = name or file_name(slide_id)
     if name in (".", "..") or "/" in name or "\\" in name:  # cannot happen; belt and braces
         raise CliError(f"slide id {slide_id!r} cannot be made a safe folder name")
     return out / name
@@ -99,12 +99,13 @@ def _captions(sa: SlideAttention, i: int, a: np.ndarray, rk: np.ndarray, pct: np
 
 
 def export_slide(sa: SlideAttention, out: Path, *, source: Path | None = None, top_k: int = 16,
-                 norm: str = "rank", tile: int = 96) -> SlideExport:
-    """Write attention.csv, gallery.png, mosaic.png (and map.png with coords) for one slide."""
+                 norm: str = "rank", tile: int = 96, name: str | None = None) -> SlideExport:
+    """Write attention.csv, gallery.png, mosaic.png (and map.png with coords) for one slide
+    into ``out/<name>`` (default: :func:`mil.store.file_name` of the slide)."""
     if sa.attention.ndim != 2 or sa.attention.shape[0] != len(sa.cell_ids):
         raise ValueError(f"slide {sa.slide_id}: attention {sa.attention.shape} for "
                          f"{len(sa.cell_ids)} cells")
-    folder = slide_folder(out, sa.slide_id)
+    folder = slide_folder(out, sa.slide_id, name)
     folder.mkdir(parents=True, exist_ok=True)
     a, _ = sa.explained()
     values = normalise_attention(a, norm)  # (N,)

@@ -18,7 +18,8 @@ from mil.explain.attention import NORMS, SlideAttention, normalise_attention
 from mil.explain.export import SlideExport, export_slide, write_summary
 from mil.explain.occlusion import system_occlusion
 from mil.explain.report import write_index
-from mil.store import open_store
+from mil.explain.staging import staged
+from mil.store import file_names, open_store
 from mil.store.images import image_root
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import read_labels
@@ -105,22 +106,24 @@ def export_run(run_dir: str | Path, store: str | Path | None, out: str | Path,
     if unknown:
         raise CliError(f"{store}: no slide(s) {', '.join(unknown[:5])}")
     truth = truths(run, opts.labels)
-    out.mkdir(parents=True, exist_ok=True)
+    names = file_names(slides)  # distinct on case-insensitive and Windows file systems
     rows: list[SlideExport] = []
-    for group in model_groups(run, store, slides):
-        for pred, occ in explain_group(run, store, group, occlusion=opts.occlusion,
-                                       batch_size=opts.batch_size):
-            sa = SlideAttention(pred.slide_id, pred.classes, pred.probs, pred.attention,
-                                pred.cell_ids, pred.paths, truth.get(pred.slide_id),
-                                st.read(pred.slide_id).coords, pred.blast_prob, occ,
-                                models=group.label)
-            rows.append(export_slide(sa, out, source=root, top_k=opts.top_k, norm=opts.norm))
-    order = {s: i for i, s in enumerate(slides)}
-    rows.sort(key=lambda r: order[r.slide_id])
-    write_summary(out, rows)
-    missing = sum(r.n_missing for r in rows)
-    notes = [f"run {run.path.resolve()}; store {store.resolve()}; images under {root or '.'}",
-             f"colour: {NORMS[opts.norm][2]}; top/bottom {opts.top_k} cells per gallery",
-             f"{missing} cell image(s) missing in total" if missing else "every cell image found"]
-    write_index(out, rows, title=f"cellmil attention: {run.path.name}", notes=notes)
+    with staged(out) as stage:  # nothing appears in OUT unless everything was written
+        for group in model_groups(run, store, slides):
+            for pred, occ in explain_group(run, store, group, occlusion=opts.occlusion,
+                                           batch_size=opts.batch_size):
+                sa = SlideAttention(pred.slide_id, pred.classes, pred.probs, pred.attention,
+                                    pred.cell_ids, pred.paths, truth.get(pred.slide_id),
+                                    st.read(pred.slide_id).coords, pred.blast_prob, occ,
+                                    models=group.label)
+                rows.append(export_slide(sa, stage, source=root, top_k=opts.top_k,
+                                         norm=opts.norm, name=names[pred.slide_id]))
+        order = {s: i for i, s in enumerate(slides)}
+        rows.sort(key=lambda r: order[r.slide_id])
+        write_summary(stage, rows)
+        missing = sum(r.n_missing for r in rows)
+        notes = [f"run {run.path.resolve()}; store {store.resolve()}; images under {root or '.'}",
+                 f"colour: {NORMS[opts.norm][2]}; top/bottom {opts.top_k} cells per gallery",
+                 f"{missing} cell image(s) missing in total" if missing else "every cell image found"]
+        write_index(stage, rows, title=f"cellmil attention: {run.path.name}", notes=notes)
     return rows

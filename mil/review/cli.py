@@ -19,6 +19,7 @@ from pathlib import Path
 from mil.blast.folder import check_rater_name
 from mil.cli import Command, run_command
 from mil.errors import CliError
+from mil.outputs import require_writable
 
 log = logging.getLogger("mil.review")
 
@@ -49,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
     from mil.review.app import create_app
 
     rater = check_rater_name(args.rater)
+    require_writable(Path(args.audit) / "raters", "answers folder")  # before any answer is given
     token = None if is_loopback(args.host) else secrets.token_urlsafe(24)
     app = create_app(Path(args.audit), rater, token=token)
     try:
