@@ -101,6 +101,8 @@ def _run(cfg: DemoConfig) -> dict[str, Any]:
     _call("fit", [str(store), "--labels", str(cohort / "slides.csv"), "--out", str(run),
                   "--instance-weights", "prior", "--noise-rate", str(audit / "noise.json"),
                   "--epochs", str(epochs), "--folds", "5", "--seed", str(cfg.seed),
+                  # --quick: one final model on every slide (the default trains five)
+                  *(["--final-seeds", "1"] if cfg.quick else []),
                   "--progress" if cfg.progress else "--no-progress"])
     _stage(7, "attention heatmaps, galleries and the HTML report", t0)
     _call("heatmap", [str(run), "--out", str(report), "--top-k", "8"])

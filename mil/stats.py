@@ -5,6 +5,7 @@
     lo, hi = bootstrap_ci(auroc, labels, probs, groups=slide_of_cell)       # slides resampled
     lo, hi = wilson_interval(8, 10)                                         # (0.4902, 0.9433)
     ece = expected_calibration_error(probs, labels, bins=15)
+    moments = RunningMoments(); moments.update(x_chunk); moments.mean, moments.std
 
 Conventions: ``labels`` are integers (binary: 0/1), ``probs`` are P(class 1) with shape (N,) or
 class probabilities with shape (N, C). Metrics that are undefined on a sample (AUROC with one
@@ -73,6 +74,56 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(ece)
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over rows of ``sum_c (p_c - [y = c])^2`` (binary: twice the squared error of P(1))."""
+    p = _as_class_probs(probs)  # (N, C)
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size == 0:
+        return math.nan
+    onehot = np.eye(p.shape[1])[labels]  # (N, C)
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+class RunningMoments:
+    """Per-column mean and sd of rows seen in chunks, in float64 (Chan et al.'s pairwise update),
+    so the moments of millions of cells need one chunk in memory at a time."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._mean: np.ndarray | None = None  # (D,)
+        self._m2: np.ndarray | None = None  # (D,) sum of squared deviations
+
+    def update(self, x: np.ndarray) -> None:
+        """Add the rows of ``x (n, D)``."""
+        x = np.asarray(x, dtype=np.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean = x.mean(axis=0)  # (D,)
+        m2 = ((x - mean) ** 2).sum(axis=0)  # (D,)
+        if self._mean is None or self._m2 is None:
+            self.n, self._mean, self._m2 = n, mean, m2
+            return
+        total = self.n + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.n * n / total)
+        self.n = total
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            raise ValueError("RunningMoments: no rows seen")
+        return self._mean
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population sd (ddof 0) per column."""
+        if self._m2 is None:
+            raise ValueError("RunningMoments: no rows seen")
+        return np.sqrt(self._m2 / self.n)
 
 
 def bootstrap_ci(

@@ -50,6 +50,17 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[-1]
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models: threads only contend), then restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["h5", "zarr"])
 def store_suffix(request: pytest.FixtureRequest) -> str:
     """Run a test once per backend."""
@@ -89,11 +100,13 @@ def make_labelled_store(path: Path, *, slides: int = 12, dim: int = 8, seed: int
 
 @pytest.fixture(scope="session")
 def fit_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One tiny finished ``mil.fit`` run (3 folds, 2 epochs, prior weights), shared by tests."""
+    """One tiny finished ``mil.fit`` run (3 folds, 2 epochs, prior weights, 2 final models),
+    shared by tests."""
     import torch
 
     from mil.fit import main
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fit_run")
     st, labels = make_labelled_store(root / "s.h5")
@@ -101,6 +114,8 @@ def fit_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = root / "run"
     argv = [str(root / "s.h5"), "--labels", str(labels), "--out", str(out), "--folds", "3",
             "--epochs", "2", "--batch-size", "4", "--hidden", "8", "--attn-hidden", "4",
-            "--instance-weights", "prior", "--noise-rate", "0.1", "--no-progress"]
+            "--instance-weights", "prior", "--noise-rate", "0.1", "--no-progress",
+            "--final-seeds", "2"]
     assert main(argv) == 0
+    torch.set_num_threads(threads)  # later tests (extraction) compare runs at the default count
     return {"root": root, "store": root / "s.h5", "labels": labels, "out": out, "argv": argv}

@@ -5,7 +5,8 @@ cross-validates and fits it (``mil.blast fit``), ``annotate`` writes ``blast_pro
 store (``mil.blast predict``), ``audit`` samples cells for a blinded expert review (the audit
 folder's files: ``folder``; its pictures: ``gallery``), ``score`` turns the raters' answers into
 error rates and agreement (``agreement``: kappa, consensus), ``noise`` estimates the label noise
-by confident learning (``mil.blast noise``).
+by confident learning (``mil.blast noise``), and ``cohort`` standardises on the annotated
+cohort and reports the filter's calibration on its labelled cells.
 """
 
 from mil.blast.config import FilterConfig

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from mil.blast.cohort import standardise_for
 from mil.blast.model import blast_probability, load_filter, predict_logits
 from mil.errors import CliError
 from mil.provenance import check_same_features
@@ -22,6 +23,7 @@ def predict(store_path: str, filter_path: str, overwrite: bool = False) -> dict[
     with open_store(store_path, "a") as store:
         check_same_features(meta["provenance"], store.attrs, store_path,
                             owner=f"blast filter {filter_path}")
+        mode = standardise_for(clf, meta, store)
         todo, done, other = [], 0, []
         for sid in store.slides():
             if BLAST_PROB in store.annotations(sid):
@@ -34,7 +36,8 @@ def predict(store_path: str, filter_path: str, overwrite: bool = False) -> dict[
             raise CliError(f"{len(other)} slide(s) of {store_path} (e.g. '{other[0]}') carry "
                            f"{BLAST_PROB} from another filter; pass --overwrite to replace them")
         attrs = {"filter_sha256": meta["sha256"], "filter": str(filter_path),
-                 "temperature": float(meta["temperature"]), "created": now()}
+                 "temperature": float(meta["temperature"]), "standardise": mode,
+                 "created": now()}
         log.info("%d slides: %d already done, %d to predict", done + len(todo), done, len(todo))
         step = max(1, len(todo) // 20)
         for i, sid in enumerate(todo, start=1):

@@ -1,7 +1,7 @@
 """``python -m mil.blast``: fit, apply and audit the blast filter (the instance classifier).
 
     python -m mil.blast fit STORE --labels cell_labels.csv --out filter.pt [--loss gce]
-    python -m mil.blast predict STORE --filter filter.pt [--overwrite]
+    python -m mil.blast predict STORE --filter filter.pt [--overwrite] [--labels cells.csv]
     python -m mil.blast fit STORE --labels cell_labels.csv --out filter.pt --corrections audit/
     python -m mil.blast noise STORE --labels cell_labels.csv --out noise_cl.json
     python -m mil.blast audit STORE --n 200 --out audit/ [--strategy stratified] [--source ROOT]
@@ -16,8 +16,10 @@ wrong label (see experiments/blast_filter_synthetic for the ce/gce comparison). 
 are calibrated against the given (noisy) labels with a single temperature, which does not move
 the 0.5 decision boundary.
 
-``predict`` writes ``blast_prob`` (float32) beside the features of every slide. ``audit`` draws
-a sample for expert review (stratified by predicted class by default; ``uncertain``: nearest
+``predict`` writes ``blast_prob`` (float32) beside the features of every slide; given expert
+labels of some of its cells (``--labels``), it reports the filter's calibration on them
+(accuracy, balanced accuracy, AUROC, ECE, Brier), a check of the filter on a new cohort.
+``audit`` draws a sample for expert review (stratified by predicted class by default; ``uncertain``: nearest
 p = 0.5; ``suspects``: confident learning's list) into a blinded folder, reviewed in the browser
 with ``python -m mil.review``; ``audit --score`` turns the raters' answers into the filter's
 error rates and the raters' agreement; the key ``error_rate`` of its JSON is the estimated noise
@@ -59,12 +61,19 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", required=True, help="filter file written by fit")
     p.add_argument("--overwrite", action="store_true",
                    help="replace blast_prob written by another filter")
+    p.add_argument("--labels", help="CSV slide_id,cell_id,label of cells of this store: "
+                                    "report the filter's calibration on them")
+    p.add_argument("--report", help="with --labels: also write the report as JSON here")
 
 
 def _predict(args: argparse.Namespace) -> None:
     from mil.blast.annotate import predict
 
     predict(args.store, args.filter, overwrite=args.overwrite)
+    if args.labels:
+        from mil.blast.cohort import calibration_report, report_text
+
+        print(report_text(calibration_report(args.store, args.labels, args.filter, args.report)))
 
 
 def _noise(args: argparse.Namespace) -> None:

@@ -23,6 +23,9 @@ class FilterConfig:
     lr: float = field(default=1e-2, metadata={"help": "learning rate"})
     l2: float = field(default=1.0, metadata={"help": "L2 penalty l2/2*||W||^2 on the weights"})
     hidden: int = field(default=128, metadata={"help": "MLP hidden units"})
+    standardise: Literal["train", "cohort", "none"] = field(default="train", metadata={
+        "help": "features standardised by the training cells' mean/std; cohort: predict "
+                "re-estimates them on the store it annotates"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
     corrections: str | None = field(default=None, metadata={
         "help": "audit folder whose reviewed cells' consensus replaces (or adds) their labels; "
@@ -42,7 +45,7 @@ class FilterConfig:
     def train_kwargs(self) -> dict[str, Any]:
         return {"model": self.model, "loss": self.loss, "epochs": self.epochs, "lr": self.lr,
                 "l2": self.l2, "hidden": self.hidden, "gce_q": self.gce_q,
-                "seed": self.seed}
+                "seed": self.seed, "standardise": self.standardise}
 
 
 @dataclass

@@ -10,7 +10,9 @@
 Training is plain full-batch torch (Adam on all labelled cells at once): the data are a few
 thousand D-dimensional embeddings, so a Lightning loop, data loaders and checkpointing would add
 machinery without benefit, and full batch makes a run deterministic and fast on a CPU.
-Features are standardised with the training cells' mean/std, stored inside the classifier.
+Features are standardised with the training cells' mean/std, stored inside the classifier
+(``--standardise train``, default); ``cohort`` re-estimates them on the store being predicted
+(:mod:`mil.blast.cohort`); ``none`` feeds the features as stored.
 Classes are balanced with per-cell weights ``n / (2 * n_class)`` in the loss. An L2 penalty
 ``l2 / 2 * ||W||^2`` on the weight matrices (not biases) is added to the mean loss: with
 D ~ 1000 embedding dims and a few hundred labelled cells the classes are linearly separable, and
@@ -57,8 +59,12 @@ class BlastClassifier(nn.Module):
 
     def set_standardisation(self, x: Tensor) -> None:
         """Mean/std of the training features ``x (N, D)``; constant dims get std 1."""
-        self.mean.copy_(x.mean(0))
-        std = x.std(0)
+        self.set_stats(x.mean(0), x.std(0))
+
+    def set_stats(self, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> None:
+        """Standardise by ``mean (D,)`` and ``std (D,)`` (a cohort's); std <= 1e-6 becomes 1."""
+        std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
+        self.mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, x: Tensor) -> Tensor:  # (N, D) -> (N, 2)
@@ -77,8 +83,11 @@ def train_classifier(
     hidden: int = 128,
     gce_q: float = 0.7,
     seed: int = 0,
+    standardise: str = "train",
 ) -> BlastClassifier:
-    """Fit a classifier on ``x (N, D)`` and 0/1 labels ``y (N,)``, class-balanced, full batch."""
+    """Fit a classifier on ``x (N, D)`` and 0/1 labels ``y (N,)``, class-balanced, full batch;
+    ``standardise`` ``none`` leaves the features unstandardised (``train``, ``cohort``: by the
+    training cells' mean/std)."""
     torch.manual_seed(seed)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))  # (N, D)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64))  # (N,)
@@ -87,7 +96,8 @@ def train_classifier(
         raise CliError("blast filter: the training cells must contain both blasts and non-blasts")
     weights = (len(yt) / (2 * counts))[yt]  # (N,) class-balancing weights
     clf = BlastClassifier(xt.shape[1], model=model, hidden=hidden)
-    clf.set_standardisation(xt)
+    if standardise != "none":
+        clf.set_standardisation(xt)
     criterion = build_loss(loss, 2, q=gce_q) if loss == "gce" else build_loss(loss, 2)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     mats = [p for p in clf.parameters() if p.ndim > 1]

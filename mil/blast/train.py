@@ -90,17 +90,20 @@ def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
             "temperature": fit_temperature(oof, y)}
 
 
-def cv_metrics(y: np.ndarray, probs: np.ndarray, raw: np.ndarray, groups: np.ndarray,
-               n_boot: int, seed: int) -> dict[str, Any]:
-    """Point estimates and 95% slide-level bootstrap intervals of the out-of-fold metrics."""
+def cell_metrics(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, n_boot: int, seed: int,
+                 raw: np.ndarray | None = None) -> dict[str, Any]:
+    """Point estimates and 95% slide-level bootstrap intervals of accuracy, balanced accuracy,
+    AUROC, ECE and Brier score of blast probabilities (+ the ECE of ``raw`` ones, if given)."""
     pred = (probs >= 0.5).astype(np.int64)
     fns = {
         "accuracy": (stats.accuracy, (y, pred)),
         "balanced_accuracy": (stats.balanced_accuracy, (y, pred)),
         "auroc": (stats.auroc, (y, probs)),
         "ece": (lambda a, b: stats.expected_calibration_error(b, a), (y, probs)),
-        "ece_uncalibrated": (lambda a, b: stats.expected_calibration_error(b, a), (y, raw)),
+        "brier": (lambda a, b: stats.brier_score(b, a), (y, probs)),
     }
+    if raw is not None:
+        fns["ece_uncalibrated"] = (lambda a, b: stats.expected_calibration_error(b, a), (y, raw))
     out: dict[str, Any] = {}
     for name, (fn, arrays) in fns.items():
         ci = stats.bootstrap_ci(fn, *arrays, n=n_boot, seed=seed, groups=groups) if n_boot \
@@ -135,7 +138,7 @@ def fit(cfg: FilterConfig) -> dict[str, Any]:
     x, y, groups, attrs = data["x"], data["y"], data["groups"], data["attrs"]
     cv = cross_validate(x, y, groups, cfg)
     raw = blast_probability(cv["oof_logits"])
-    metrics = cv_metrics(y, cv["calibrated"], raw, groups, cfg.bootstrap, cfg.seed)
+    metrics = cell_metrics(y, cv["calibrated"], groups, cfg.bootstrap, cfg.seed, raw)
     metrics.update({"n_cells": int(len(y)), "n_blast": int(y.sum()),
                     "n_slides": int(len(np.unique(groups))), "folds": cfg.folds,
                     "temperature": cv["temperature"], "loss": cfg.loss, "model": cfg.model,
@@ -144,7 +147,7 @@ def fit(cfg: FilterConfig) -> dict[str, Any]:
                     "ci": "95% percentile bootstrap over slides"})
     clf = train_classifier(x, y, **cfg.train_kwargs())
     out = Path(cfg.out)  # type: ignore[arg-type]
-    sha = save_filter(out, clf, temperature=cv["temperature"],
+    sha = save_filter(out, clf, temperature=cv["temperature"], standardise=cfg.standardise,
                       provenance={**feature_provenance(attrs), "weights": attrs.get("weights"),
                                   "store": str(cfg.store)},
                       metrics=metrics, config=config_dict(cfg), created=now())
@@ -154,11 +157,20 @@ def fit(cfg: FilterConfig) -> dict[str, Any]:
     return metrics
 
 
-def metrics_text(m: dict[str, Any]) -> str:
-    """One line per metric: value [lo, hi]."""
-    lines = [f"{m['n_cells']} cells ({m['n_blast']} blast) on {m['n_slides']} slides, "
-             f"{m['folds']}-fold slide-grouped CV, loss={m['loss']}, T={m['temperature']:.3f}"]
-    for k in ("accuracy", "balanced_accuracy", "auroc", "ece", "ece_uncalibrated"):
+def metric_lines(m: dict[str, Any], keys: tuple[str, ...],
+                 ref: dict[str, float] | None = None) -> list[str]:
+    """One line per metric: value [lo, hi], and ``ref``'s value beside it when it has one."""
+    lines = []
+    for k in keys:
         lo, hi = m[k]["ci"]
-        lines.append(f"  {k:18s} {m[k]['value']:.3f}  [{lo:.3f}, {hi:.3f}]")
-    return "\n".join(lines)
+        beside = f"   (training CV {ref[k]:.3f})" if ref and k in ref else ""
+        lines.append(f"  {k:18s} {m[k]['value']:.3f}  [{lo:.3f}, {hi:.3f}]{beside}")
+    return lines
+
+
+def metrics_text(m: dict[str, Any]) -> str:
+    """The fit's summary: a head line, then one line per metric."""
+    head = (f"{m['n_cells']} cells ({m['n_blast']} blast) on {m['n_slides']} slides, "
+            f"{m['folds']}-fold slide-grouped CV, loss={m['loss']}, T={m['temperature']:.3f}")
+    keys = ("accuracy", "balanced_accuracy", "auroc", "ece", "ece_uncalibrated")
+    return "\n".join([head, *metric_lines(m, keys)])

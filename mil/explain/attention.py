@@ -67,10 +67,11 @@ class SlideAttention:
     blast_prob: np.ndarray | None = None  # (N,)
     occlusion: np.ndarray | None = None  # (N,) p_full - p_without for the predicted class
     models: str = ""  # which models made probs and attention (stated on the images)
+    call: int | None = None  # the run's decision (None: the most probable class)
 
     @property
     def predicted(self) -> int:
-        return int(np.argmax(self.probs))
+        return int(np.argmax(self.probs)) if self.call is None else self.call
 
     def explained(self) -> tuple[np.ndarray, str]:
         """The attention (N,) that explains the prediction, and a sentence saying which."""

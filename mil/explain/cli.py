@@ -48,6 +48,8 @@ def _run(args: argparse.Namespace) -> None:
     opts = HeatmapOptions(args.source, split_ids(args.slides), args.top_k, args.norm,
                           args.occlusion, args.labels, args.batch_size)
     rows = export_run(args.run_dir, args.store, args.out, opts)
+    for models in dict.fromkeys(r.models for r in rows):
+        print(f"{models}: {sum(r.models == models for r in rows)} slide(s)")
     missing = sum(r.n_missing for r in rows)
     print(f"exported {len(rows)} slide(s) -> {args.out / 'index.html'}"
           + (f" ({missing} cell images missing, drawn as placeholders)" if missing else ""))

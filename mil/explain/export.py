@@ -35,6 +35,7 @@ class SlideExport:
     n_cells: int
     n_missing: int
     files: dict[str, str] = field(default_factory=dict)  # kind -> file name in the folder
+    models: str = ""  # which models explained the slide
 
 
 def slide_folder(out: Path, slide_id: str, name: str | None = None) -> Path:
@@ -149,7 +150,7 @@ def export_slide(sa: SlideAttention, out: Path, *, source: Path | None = None, t
                     "placeholders - pass --source if the images moved", sa.slide_id, n_missing,
                     len(ok), first)
     return SlideExport(sa.slide_id, folder.name, sa.truth, sa.classes[sa.predicted],
-                       float(sa.probs[sa.predicted]), len(ok), n_missing, names)
+                       float(sa.probs[sa.predicted]), len(ok), n_missing, names, sa.models)
 
 
 def write_summary(out: Path, rows: list[SlideExport]) -> Path:

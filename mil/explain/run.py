@@ -2,12 +2,14 @@
 
 Out-of-fold where possible: a slide of the run's own store that was in fold k's test part is
 explained by fold k's model alone (the model that never saw it, as in predictions.csv); every
-other slide by the ensemble of all folds.
+other slide by the models for new slides (the final ensemble, else all folds), as
+``mil.predict`` would call it (same standardisation and decision rule).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,10 @@ from mil.store import file_names, open_store
 from mil.store.images import image_root
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import read_labels
+from mil.train.predict import decided
 from mil.train.rundir import RunDir
+
+log = logging.getLogger("mil.heatmap")
 
 
 @dataclass
@@ -45,24 +50,29 @@ def model_groups(run: RunDir, store: Path, slides: list[str]) -> list[ModelGroup
                          f"model: fold {k} only (out-of-fold: the slide was in its test part)")
               for k in ckpts]
     rest = [s for s in slides if s not in test_fold]
-    groups.append(ModelGroup(list(ckpts.values()), rest,
-                             f"model: mean of the {len(ckpts)} fold models"))
+    new_ckpts, which = run.models()
+    groups.append(ModelGroup(new_ckpts, rest, which))
     return [g for g in groups if g.slides]
 
 
 def explain_group(run: RunDir, store: Path, group: ModelGroup, *, occlusion: bool,
                   batch_size: int = 8) -> list[tuple[SlidePrediction, np.ndarray | None]]:
-    """(prediction, occlusion deltas (N,) or None) per slide of ``group``."""
+    """(prediction, occlusion deltas (N,) or None) per slide of ``group``, called by the run's
+    decision rule."""
     ensemble = Ensemble(group.ckpts, run.config, group.label)
     source = ensemble.source(store, group.slides)
+    for note in ensemble.notes:
+        log.info("%s: %s", group.label, note)
+    preds = ensemble.predict(source, batch_size)
+    decided(run, preds)
     results = []
-    for pred in ensemble.predict(source, batch_size):
+    for pred in preds:
         occ = None
         if occlusion:
             rows = source.rows[pred.slide_id]
             occ = np.zeros(len(pred.cell_ids))  # a cell the model never saw changes nothing
             occ[rows if rows is not None else slice(None)] = system_occlusion(
-                ensemble.systems, *source.get(pred.slide_id), int(np.argmax(pred.probs)))
+                ensemble.systems, *source.get(pred.slide_id), pred.call)
         results.append((pred, occ))
     return results
 
@@ -115,7 +125,7 @@ def export_run(run_dir: str | Path, store: str | Path | None, out: str | Path,
                 sa = SlideAttention(pred.slide_id, pred.classes, pred.probs, pred.attention,
                                     pred.cell_ids, pred.paths, truth.get(pred.slide_id),
                                     st.read(pred.slide_id).coords, pred.blast_prob, occ,
-                                    models=group.label)
+                                    models=group.label, call=pred.call)
                 rows.append(export_slide(sa, stage, source=root, top_k=opts.top_k,
                                          norm=opts.norm, name=names[pred.slide_id]))
         order = {s: i for i, s in enumerate(slides)}

@@ -3,6 +3,8 @@
     python -m mil.fit features/cohort.h5 --labels slides.csv --out runs/r1 \\
         --instance-weights prior --noise-rate audit.json --loss gce --folds 5
     python -m mil.predict runs/r1 --store features/new.h5 --out preds.csv --attention attn/
+    python -m mil.predict runs/r1 --store features/new.h5 --out preds.csv --adapt-prevalence \\
+        --test-labels new_slides.csv
 """
 
 from __future__ import annotations
@@ -31,29 +33,48 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     p.add_argument("--attention", type=Path, metavar="DIR", help="also write per-cell attention")
     p.add_argument("--slides", help="comma-separated slide ids (default: all in the store)")
+    p.add_argument("--models", choices=["auto", "final", "folds"], default="auto",
+                   help="final ensemble, fold ensemble, or auto: final when the run has it")
+    p.add_argument("--adapt-prevalence", action="store_true",
+                   help="estimate the class prevalence of these slides by EM and call under it")
+    p.add_argument("--test-labels", type=Path, metavar="CSV",
+                   help="slide_id,label of (some of) these slides: print and save metrics "
+                        "beside the baselines' (OUT with suffix .metrics.json)")
     p.add_argument("--batch-size", type=int, default=8, help="bags per forward pass")
 
 
 def _predict(args: argparse.Namespace) -> None:
     from mil.store import file_names
-    from mil.train.predict import predict_slides, write_attention, write_predictions
+    from mil.train.predict import (
+        labelled_report,
+        predict_cohort,
+        write_attention,
+        write_predictions,
+    )
+    from mil.train.rundir import RunDir
 
     require_writable(args.out, "predictions CSV")  # before the models run, not after
     if args.attention:
         require_writable(args.attention, "attention folder")
-    preds = predict_slides(args.run_dir, args.store, split_ids(args.slides), args.batch_size)
-    write_predictions(args.out, preds)
+    pred = predict_cohort(args.run_dir, args.store, split_ids(args.slides), args.batch_size,
+                          args.models, args.adapt_prevalence)
+    write_predictions(args.out, pred.slides)
     if args.attention:
-        names = file_names([r.slide_id for r in preds])
-        for r in preds:
+        names = file_names([r.slide_id for r in pred.slides])
+        for r in pred.slides:
             write_attention(r, args.attention, names[r.slide_id])
-    print(f"predicted {len(preds)} slide(s) -> {args.out}")
+    print("\n".join(pred.notes))
+    print(f"predicted {len(pred.slides)} slide(s) -> {args.out}")
+    if args.test_labels:
+        store = args.store or RunDir(args.run_dir).store
+        print(labelled_report(args.run_dir, pred, store, args.test_labels,
+                              args.out.with_suffix(".metrics.json")))
 
 
 FIT = Command(name="fit", help="cross-validated MIL training on a bag store",
               description="Patient-grouped k-fold training of the MIL classifier on a bag store.",
               config=FitConfig, arguments=_fit_args, run=_fit)
-PREDICT = Command(name="predict", help="predict slides with the fold ensemble of a mil.fit run",
+PREDICT = Command(name="predict", help="predict slides with the models of a mil.fit run",
                   arguments=_predict_args, run=_predict)
 
 

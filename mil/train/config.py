@@ -54,6 +54,19 @@ class FitConfig:
     workers: int = field(default=0, metadata={"help": "DataLoader workers"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    standardise: Literal["cohort", "train", "none"] = field(default="cohort", metadata={
+        "help": "features standardised in the model: by the mean/std of the cohort predicted "
+                "(>= 10 slides; the training cells' below), always the training cells' (train), "
+                "or not at all"})
+    final_seeds: int = field(default=5, metadata={
+        "help": "models trained on every labelled slide for the folds' median best epoch, "
+                "used for new slides (0: none, the fold ensemble predicts)"})
+    calibration: Literal["temperature", "none"] = field(default="temperature", metadata={
+        "help": "temperature scaling fitted on the out-of-fold predictions"})
+    threshold: Literal["balanced", "argmax"] = field(default="balanced", metadata={
+        "help": "binary call: threshold maximising out-of-fold balanced accuracy, or argmax"})
+    baselines: bool = field(default=True, metadata={
+        "help": "also fit mean-pooled logistic-regression baselines on the same folds"})
 
     def validate(self) -> None:
         checks = [
@@ -66,6 +79,7 @@ class FitConfig:
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (0.0 < self.filter_threshold < 1.0, f"--filter-threshold must be in (0, 1), got {self.filter_threshold}"),
             (self.max_cells is None or self.max_cells >= 0, "--max-cells must be >= 0"),
+            (self.final_seeds >= 0, f"--final-seeds must be >= 0, got {self.final_seeds}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -4,9 +4,13 @@
         --instance-weights prior --noise-rate audit.json --loss gce --folds 5
 
 Writes ``RUN_DIR/config.yaml`` (resolved), ``splits.json``, ``fold_K/best.ckpt`` (+ logs,
-``predictions.csv``, ``metrics.json``), ``predictions.csv`` (out-of-fold), ``metrics.json``
-and, with ``--test-labels``, ``test_predictions.csv`` from the fold ensemble. A fold whose
-``best.ckpt`` and ``metrics.json`` exist is skipped on re-run, so an interrupted run resumes.
+``predictions.csv``, ``metrics.json``), ``predictions.csv`` (out-of-fold), the final models
+(``final/``, :mod:`mil.train.final`), the decision rule fitted out-of-fold
+(``calibration.json``, :mod:`mil.train.calibration`), the baselines (``baselines/``,
+:mod:`mil.train.baselines`), ``metrics.json`` and, with ``--test-labels``,
+``test_predictions.csv`` from the models for new slides. A fold whose ``best.ckpt`` and
+``metrics.json`` exist is skipped on re-run, and so is a finished final model, so an
+interrupted run resumes.
 
 Model selection monitors the validation loss (the training loss on the validation slides), not
 balanced accuracy: validation parts are small (a handful of slides per fold), where accuracy
@@ -29,21 +33,30 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 
 from mil.config import config_dict, load_yaml, save_config
 from mil.errors import CliError
-from mil.provenance import check_same_features, feature_provenance
+from mil.provenance import feature_provenance
 from mil.store import open_store
-from mil.train.config import PRECISION, RUNTIME_KEYS, FitConfig
+from mil.train.baselines import NAMES, run_baselines
+from mil.train.calibration import decide_on_oof
+from mil.train.config import RUNTIME_KEYS, FitConfig
 from mil.train.data import BagDataModule, BagSource
 from mil.train.ensemble import ensemble_probs
+from mil.train.final import run_final
 from mil.train.instance_weights import InstanceWeights, parse_noise_rate
 from mil.train.labels import read_labels
-from mil.train.lightning_module import MILSystem
-from mil.train.metrics import bootstrap_intervals, slide_metrics, summarize_folds, summary_table
+from mil.train.metrics import (
+    bootstrap_intervals,
+    comparison_table,
+    slide_metrics,
+    summarize_folds,
+    summary_table,
+)
+from mil.train.predict import evaluate, predict_cohort
 from mil.train.preflight import preflight, save_inputs
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
+from mil.train.trainer import build_system, build_trainer
 
 log = logging.getLogger("mil")
 
@@ -85,22 +98,6 @@ def _is_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
-
-
-def _loggers(fold_dir: Path) -> list[Any]:
-    loggers: list[Any] = [CSVLogger(str(fold_dir), name="logs", version="")]
-    try:
-        import tensorboard  # noqa: F401
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(str(fold_dir), name="tb", version=""))
-    except ImportError:
-        pass
-    return loggers
-
-
 def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: list[str],
                fold: Any, fold_dir: Path, seed: int, provenance: dict[str, Any]) -> Path | None:
     """Train one fold; returns the best checkpoint path (None on non-zero DDP ranks)."""
@@ -108,23 +105,13 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
                        workers=cfg.workers, seed=seed)
-    system = MILSystem(
-        in_dim=source.feature_dim, classes=classes, pooling=cfg.model, hidden=cfg.hidden,
-        attn_hidden=cfg.attn_hidden, dropout=cfg.dropout, loss=cfg.loss, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
-        instance_weights=cfg.instance_weights, prior_strength=cfg.prior_strength,
-        provenance=provenance)
+    ctx = {"source": source, "classes": classes, "provenance": provenance}
+    system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",
                            mode="min", save_top_k=1, save_weights_only=True,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=_devices(cfg.devices),
-        num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=PRECISION[cfg.precision],
-        gradient_clip_val=cfg.grad_clip or None, deterministic="warn",
-        callbacks=[ckpt, EarlyStopping("val/loss", patience=cfg.patience, mode="min")],
-        logger=_loggers(fold_dir), default_root_dir=str(fold_dir),
-        enable_progress_bar=cfg.progress, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer = build_trainer(cfg, fold_dir, cfg.epochs,
+                            [ckpt, EarlyStopping("val/loss", patience=cfg.patience, mode="min")])
     trainer.fit(system, datamodule=dm)
     if not trainer.is_global_zero:
         return None
@@ -132,13 +119,14 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
 
 
 def _write_predictions(path: Path, slide_ids: list[str], truth: list[int] | None,
-                       probs: Any, classes: list[str]) -> None:
+                       probs: Any, classes: list[str], calls: list[int] | None = None) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["slide_id", "truth", "prediction", *(f"prob_{c}" for c in classes)])
         for i, sid in enumerate(slide_ids):
             t = classes[truth[i]] if truth is not None and truth[i] >= 0 else ""
-            w.writerow([sid, t, classes[int(probs[i].argmax())], *(f"{p:.6f}" for p in probs[i])])
+            call = int(probs[i].argmax()) if calls is None else calls[i]
+            w.writerow([sid, t, classes[call], *(f"{p:.6f}" for p in probs[i])])
 
 
 def _run_fold(cfg: FitConfig, k: int, fold: Any, ctx: dict[str, Any]) -> dict[str, Any] | None:
@@ -167,18 +155,17 @@ def _run_fold(cfg: FitConfig, k: int, fold: Any, ctx: dict[str, Any]) -> dict[st
             "metrics": metrics}
 
 
-def _external(cfg: FitConfig, ctx: dict[str, Any], n_folds: int) -> dict[str, Any]:
-    """The fold ensemble on an external labelled cohort."""
+def _external(cfg: FitConfig, run_dir: Path) -> dict[str, Any]:
+    """The run's models for new slides (final ensemble, else folds) and its baselines on an
+    external labelled cohort; writes test_predictions.csv."""
     store = cfg.test_store or cfg.store
-    check_same_features(ctx["provenance"], open_store(store).attrs, store,
-                        owner=f"the training store {cfg.store}")
-    table = read_labels(cfg.test_labels, ctx["classes"], open_store(store).slides())
-    source = BagSource(store, table.slide_ids, ctx["weights"], stream=cfg.stream)
-    ckpts = [Path(cfg.out) / f"fold_{k}" / "best.ckpt" for k in range(n_folds)]
-    probs = ensemble_probs(ckpts, source, table.slide_ids)
-    _write_predictions(Path(cfg.out) / "test_predictions.csv", table.slide_ids, table.labels,
-                       probs, ctx["classes"])
-    return slide_metrics(table.labels, probs, ctx["classes"])
+    table = read_labels(cfg.test_labels, cfg.classes, open_store(store).slides())
+    pred = predict_cohort(run_dir, store, table.slide_ids)
+    probs = [p.probs for p in pred.slides]
+    _write_predictions(run_dir / "test_predictions.csv", table.slide_ids, table.labels, probs,
+                       cfg.classes, [p.call for p in pred.slides])
+    rows = evaluate(run_dir, pred, store, table)
+    return {**rows["mil"], "models": pred.notes[0], "baselines": rows["baselines"]}
 
 
 def quiet_lightning() -> None:
@@ -208,7 +195,7 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     attrs = store.attrs
     provenance = feature_provenance(attrs)
     ctx = {"label_of": table.label_of(), "classes": table.classes, "weights": weights,
-           "provenance": provenance,
+           "provenance": provenance, "slide_ids": table.slide_ids,
            "source": BagSource(cfg.store, table.slide_ids, weights, stream=cfg.stream)}
     # every input is checked: only now does the run folder get written (by rank 0 only)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +206,7 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
         save_splits(folds, run_dir / "splits.json",
                     {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "labels": str(cfg.labels)})
     results = [_run_fold(cfg, k, fold, ctx) for k, fold in enumerate(folds)]
+    final = run_final(cfg, ctx, run_dir, len(folds), _is_rank_zero())  # every DDP rank trains
     if any(r is None for r in results):
         return None
     ids = [s for r in results for s in r["slide_ids"]]
@@ -228,10 +216,42 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     per_fold = [r["metrics"] for r in results]
     pooled = slide_metrics(truth, probs, table.classes)
     pooled["ci95"] = bootstrap_intervals(truth, probs, len(table.classes), seed=cfg.seed)
+    fold_of = [k for k, r in enumerate(results) for _ in r["labels"]]
+    decision = decide_on_oof(probs, truth, fold_of, table.classes, cfg.calibration,
+                             cfg.threshold, run_dir)
     out = {"classes": table.classes, "folds": per_fold, "mean_sd": summarize_folds(per_fold),
-           "pooled": pooled}
+           "pooled": pooled, "decision": decision}
+    if cfg.baselines:
+        out["baselines"] = run_baselines(cfg.store, ctx["slide_ids"], ctx["label_of"], folds,
+                                         table.classes, run_dir, cfg.seed)
+    if final is not None:
+        out["final"] = {k: final[k] for k in ("epochs", "fold_best_epochs", "seeds", "n_slides")}
     if cfg.test_labels:
-        out["external"] = _external(cfg, ctx, len(folds))
+        out["external"] = _external(cfg, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(summary_table(per_fold, out["mean_sd"], pooled))
+    print(report(out))
     return out
+
+
+def report(out: dict[str, Any]) -> str:
+    """The printed summary: the fold table with the baselines, the decision rule, the final
+    models and, with --test-labels, the external cohort."""
+    others = {NAMES[n]: (b["mean_sd"], b["pooled"]) for n, b in out.get("baselines", {}).items()
+              if "pooled" in b}
+    lines = [summary_table(out["folds"], out["mean_sd"], out["pooled"], others)]
+    d = out["decision"]
+    cut = f", threshold {d['threshold']:.3f}" if d["threshold"] is not None else ""
+    lines.append(f"decision rule: temperature {d['temperature']:.3f}{cut}; out-of-fold NLL "
+                 f"{d['nll_raw']:.3f} -> {d['nll_calibrated']:.3f}; cross-fitted balanced "
+                 f"accuracy {d['cross_fitted']['balanced_accuracy']:.3f} (argmax "
+                 f"{out['pooled']['balanced_accuracy']:.3f})")
+    if "final" in out:
+        f = out["final"]
+        lines.append(f"final models: {len(f['seeds'])} seed(s) on all {f['n_slides']} labelled "
+                     f"slides for {f['epochs']} epochs (fold best epochs {f['fold_best_epochs']})")
+    if "external" in out:
+        e = out["external"]
+        rows = {"MIL": e, **{NAMES[n]: b for n, b in e["baselines"].items() if "calls" in b}}
+        lines += [f"external cohort, {e['n_slides']} slides ({e['models']}):",
+                  comparison_table(rows, out["classes"])]
+    return "\n".join(lines)

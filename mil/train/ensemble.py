@@ -1,4 +1,4 @@
-"""Trained models that predict together: the folds of a run (or one fold), on any bag store.
+"""Trained models that predict together: a run's final or fold models (or one fold), on any store.
 
 Probabilities are the mean of the models' softmax; attention is averaged over them. The
 instance-weight mode (and its threshold, prior strength, noise rate) is the run's; cells the
@@ -8,6 +8,7 @@ instance-weight mode (and its threshold, prior strength, noise rate) is the run'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mil.blast.cohort import MIN_COHORT_SLIDES
 from mil.errors import CliError
 from mil.provenance import check_same_features
 from mil.store import BLAST_PROB, SlideId, open_store
 from mil.train.data import BagDataset, BagSource, BucketBatchSampler, collate_bags
 from mil.train.instance_weights import InstanceWeights, parse_noise_rate
 from mil.train.lightning_module import MILSystem
+from mil.train.standardise import source_moments, standardised, use_cohort_stats
+
+log = logging.getLogger("mil")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class SlidePrediction:
     paths: list[str]
     blast_prob: Any | None  # (N,) as stored (not tempered), None when absent
     classes: list[str]
+    call: int = -1  # class index called by the run's decision rule (-1: not decided yet)
 
 
 def load_system(ckpt: str | Path) -> MILSystem:
@@ -86,7 +92,13 @@ def ensemble_probs(ckpts: list[Path], source: Any, slide_ids: list[SlideId]) -> 
 
 
 class Ensemble:
-    """The models of ``ckpts`` with the run's instance weights; ``label`` says which they are."""
+    """The models of ``ckpts`` with the run's instance weights; ``label`` says which they are.
+
+    Models fitted with ``--standardise cohort`` take the mean/std of the store they predict
+    (every cell the instance weights keep, :mod:`mil.train.standardise`) in :meth:`source`,
+    unless it has fewer than ``MIN_COHORT_SLIDES`` slides; ``notes`` says how the features
+    were standardised.
+    """
 
     def __init__(self, ckpts: Sequence[str | Path], config: Mapping[str, Any], label: str = "") -> None:
         self.ckpts = [Path(c) for c in ckpts]
@@ -95,6 +107,11 @@ class Ensemble:
         self.classes: list[str] = list(self.hparams["classes"])
         self.weights = run_weights(config)
         self.label = label
+        self.standardise = standardised(self.systems)
+        self.applied = "none" if self.standardise == "none" else "train"  # set by source()
+        self.notes: list[str] = []
+        if self.standardise == "train":
+            self.notes.append("standardisation: train (the training cells' mean/std, in the models)")
 
     def source(self, store: str | Path, slides: Sequence[SlideId] | None = None) -> BagSource:
         """The bags of ``slides`` (default: all) of ``store``, checked against the training features."""
@@ -107,7 +124,31 @@ class Ensemble:
         missing = [s for s in slides if s not in st]
         if missing:
             raise CliError(f"{store}: no slide(s) {', '.join(missing[:5])}")
+        if self.standardise == "cohort":
+            self._standardise_on(store, st.slides())
         return BagSource(store, slides, self.weights, stream=True)
+
+    def _standardise_on(self, store: str | Path, cohort: list[SlideId]) -> None:
+        """Cohort standardisation: the mean/std of ``cohort``'s kept cells, or the training
+        statistics (restored) when it has fewer than ``MIN_COHORT_SLIDES`` slides."""
+        if not hasattr(self, "_train_stats"):
+            self._train_stats = [(s.model.norm.mean.clone(), s.model.norm.std.clone())
+                                 for s in self.systems]
+        if len(cohort) < MIN_COHORT_SLIDES:
+            log.warning("warning: %s has %d slide(s), fewer than %d to re-estimate the feature "
+                        "mean/std from; the models' training statistics are used",
+                        store, len(cohort), MIN_COHORT_SLIDES)
+            for s, (mean, std) in zip(self.systems, self._train_stats, strict=True):
+                s.model.norm.set_stats(mean, std)
+            self.applied = "train"
+            self.notes = [f"standardisation: train (--standardise cohort, but {store} has only "
+                          f"{len(cohort)} slide(s); the training cells' mean/std kept)"]
+            return
+        stats = source_moments(BagSource(store, cohort, self.weights, stream=True), cohort)
+        use_cohort_stats(self.systems, stats.mean, stats.std)
+        self.applied = "cohort"
+        self.notes = [f"standardisation: cohort (mean/std re-estimated on the {stats.n} "
+                      f"cells of the {len(cohort)} slides of {store})"]
 
     def predict(self, source: BagSource, batch_size: int = 8) -> list[SlidePrediction]:
         """Every slide of ``source``, attention spread back over all its stored cells."""

@@ -62,12 +62,14 @@ class MILSystem(pl.LightningModule):
         instance_weights: str = "none",
         prior_strength: float = 1.0,
         provenance: dict[str, Any] | None = None,
+        standardise: str = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.classes = list(classes)
         n_classes = len(self.classes)
-        self.model = MILClassifier(in_dim, n_classes, hidden, attn_hidden, dropout, pooling)
+        self.model = MILClassifier(in_dim, n_classes, hidden, attn_hidden, dropout, pooling,
+                                   standardise=standardise != "none")
         self.loss_fn = build_loss(loss, n_classes, **(loss_options or {}))
         metrics = make_metrics(n_classes)
         self.train_metrics = metrics.clone(prefix="train/")

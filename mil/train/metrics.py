@@ -50,11 +50,13 @@ def _nan_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 
-def slide_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """All metrics of one set of slides: ``labels (n,)``, ``probs (n, C)``."""
+def slide_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str],
+                  preds: Sequence[int] | None = None) -> dict[str, Any]:
+    """All metrics of one set of slides: ``labels (n,)``, ``probs (n, C)``; the calls are
+    ``preds (n,)`` when given (a decision rule's), else the most probable class."""
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)  # (n, C)
-    pred = p.argmax(1)  # (n,)
+    pred = p.argmax(1) if preds is None else np.asarray(preds, dtype=np.int64)  # (n,)
     n_classes = len(classes)
     per_class = class_aurocs(y, p)
     return {
@@ -65,6 +67,7 @@ def slide_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[st
         "macro_auroc": _nan_none(macro_auroc(y, p)),
         "auroc_per_class": {c: _nan_none(v) for c, v in zip(classes, per_class, strict=True)},
         "confusion": confusion(y, pred, n_classes),
+        "calls": np.bincount(pred, minlength=n_classes).tolist(),
     }
 
 
@@ -94,20 +97,43 @@ def summarize_folds(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, floa
     return out
 
 
-def summary_table(per_fold: Sequence[dict[str, Any]], summary: dict[str, Any],
-                  pooled: dict[str, Any]) -> str:
-    """A short text table: one row per fold, mean +- sd, pooled with its 95% interval."""
-    def fmt(x: float | None) -> str:
-        return "  -  " if x is None else f"{x:.3f}"
+def _fmt(x: float | None) -> str:
+    return "  -  " if x is None else f"{x:.3f}"
 
-    head = f"{'':>8} " + " ".join(f"{k:>18}" for k in SCALARS)
-    lines = [head]
+
+def _with_ci(m: dict[str, Any], k: str) -> str:
+    lo, hi = ((m.get("ci95") or {}).get(k) or [None, None])
+    return f"{_fmt(m[k])} [{_fmt(lo)},{_fmt(hi)}]"
+
+
+def summary_table(per_fold: Sequence[dict[str, Any]], summary: dict[str, Any],
+                  pooled: dict[str, Any],
+                  others: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None) -> str:
+    """A short text table: one row per fold, mean +- sd, pooled with its 95% interval; then
+    mean +- sd and pooled rows of each of ``others`` (name -> (summary, pooled): baselines)."""
+    def rows(name: str, sm: dict[str, Any], po: dict[str, Any]) -> list[str]:
+        return [f"{name + ' mean+-sd':>20} " + " ".join(
+                    f"{_fmt(sm[k]['mean']) + ' +- ' + _fmt(sm[k]['sd']):>18}" for k in SCALARS),
+                f"{name + ' pooled':>20} " + " ".join(f"{_with_ci(po, k):>18}" for k in SCALARS)]
+
+    lines = [f"{'':>20} " + " ".join(f"{k:>18}" for k in SCALARS)]
     for i, f in enumerate(per_fold):
-        lines.append(f"{'fold ' + str(i):>8} " + " ".join(f"{fmt(f[k]):>18}" for k in SCALARS))
-    lines.append(f"{'mean+-sd':>8} " + " ".join(
-        f"{fmt(summary[k]['mean']) + ' +- ' + fmt(summary[k]['sd']):>18}" for k in SCALARS))
-    ci = pooled.get("ci95", {})
-    lines.append(f"{'pooled':>8} " + " ".join(
-        f"{fmt(pooled[k]) + ' [' + fmt((ci.get(k) or [None])[0]) + ',' + fmt((ci.get(k) or [None, None])[1]) + ']':>18}"
-        for k in SCALARS))
+        lines.append(f"{'fold ' + str(i):>20} " + " ".join(f"{_fmt(f[k]):>18}" for k in SCALARS))
+    lines += rows("MIL", summary, pooled)
+    for name, (sm, po) in (others or {}).items():
+        lines += rows(name, sm, po)
+    return "\n".join(lines)
+
+
+def comparison_table(rows: dict[str, dict[str, Any]], classes: Sequence[str]) -> str:
+    """One row per model on one labelled cohort: accuracy, balanced accuracy, macro AUROC and
+    the calls per class (true counts in the header)."""
+    keys = ("accuracy", "balanced_accuracy", "macro_auroc")
+    first = next(iter(rows.values()))
+    truth = [sum(r) for r in first["confusion"]]
+    head = f"calls ({', '.join(f'{c} {n}' for c, n in zip(classes, truth, strict=True))} true)"
+    lines = [f"{'':>26} " + " ".join(f"{k:>18}" for k in keys) + f"  {head}"]
+    for name, m in rows.items():
+        calls = ", ".join(f"{c} {n}" for c, n in zip(classes, m["calls"], strict=True))
+        lines.append(f"{name:>26} " + " ".join(f"{_fmt(m[k]):>18}" for k in keys) + f"  {calls}")
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mil.train.standardise import FeatureStandardiser
+
 
 class Pooling(StrEnum):
     """Registry of pooling names accepted by :class:`MILClassifier`."""
@@ -105,7 +107,8 @@ class MILClassifier(nn.Module):
 
     ``pooling``: ``gated`` (one attention branch, linear classifier), ``gated-multibranch``
     (one branch per class, each pooled vector scored by its own linear head), ``mean`` or
-    ``max`` (masked baselines).
+    ``max`` (masked baselines). ``standardise``: standardise the features first with stored
+    statistics (:class:`mil.train.standardise.FeatureStandardiser`).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class MILClassifier(nn.Module):
         attn_hidden: int = 128,
         dropout: float = 0.25,
         pooling: str = "gated",
+        standardise: bool = False,
     ):
         super().__init__()
         valid = [p.value for p in Pooling]
@@ -123,6 +127,9 @@ class MILClassifier(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(valid)}")
         self.pooling = Pooling(pooling)
         self.n_classes = n_classes
+        # per-feature (x - mean) / std with stored statistics (mil.train.standardise); absent in
+        # a model without it, so its checkpoints keep their keys
+        self.norm = FeatureStandardiser(in_dim) if standardise else None
         self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.pool: GatedAttentionPool | None = None
         if self.pooling in (Pooling.GATED, Pooling.GATED_MULTIBRANCH):
@@ -144,7 +151,10 @@ class MILClassifier(nn.Module):
         # Padding is zeroed after the projection, on (B, N, H) rather than the 10x larger
         # (B, N, D) input: each row of h depends only on its own cell, so inf/NaN padding
         # stays confined to padded rows and is replaced here.
-        h = self.project(feats.to(dtype)).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, N, H)
+        x = feats.to(dtype)  # (B, N, D)
+        if self.norm is not None:
+            x = self.norm(x)  # (B, N, D)
+        h = self.project(x).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, N, H)
         if self.pool is not None:
             pooled, attn = self.pool(h, mask, log_prior)  # (B, K, H), (B, N, K)
             if self.pooling is Pooling.GATED_MULTIBRANCH:

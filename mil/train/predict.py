@@ -1,31 +1,145 @@
-"""``python -m mil.predict``: a run's fold ensemble on new slides; predictions and attention CSVs."""
+"""``python -m mil.predict``: a run's models on new slides; predictions and attention CSVs.
+
+The ensemble is the run's final models (trained on every labelled slide, :mod:`mil.train.final`)
+when it has them, else its fold models (``--models`` chooses); the output says which.
+Probabilities are the mean of the models' softmax, calibrated by the run's temperature, and the
+call is the run's decision rule (:mod:`mil.train.calibration`); ``--adapt-prevalence`` replaces
+both by those under the cohort's own class prevalence, estimated by EM
+(:mod:`mil.train.prevalence`). A run fitted with ``--standardise cohort`` standardises the
+features by the predicted store's own mean/std, and says so. ``--test-labels`` scores the calls
+and the run's baselines (:mod:`mil.train.baselines`) on labelled slides of the cohort.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mil.store import SlideId, file_name
+import numpy as np
+
+from mil.errors import CliError
+from mil.store import SlideId, file_name, open_store
+from mil.train.baselines import NAMES, external
+from mil.train.calibration import DecisionRule
 from mil.train.ensemble import Ensemble, SlidePrediction
+from mil.train.labels import LabelTable, read_labels
+from mil.train.metrics import comparison_table, slide_metrics
+from mil.train.prevalence import describe, em_prevalence
 from mil.train.rundir import RunDir
+
+
+def decide(run: RunDir, raw: np.ndarray, adapt: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(probabilities (n, C), calls (n,), calls of the fixed rule (n,), notes) from the
+    ensemble's mean softmax ``raw (n, C)`` by the run's decision rule (and, with ``adapt``, the
+    EM prevalence of these slides)."""
+    rule = DecisionRule.load(run.path)
+    if rule is None:
+        if adapt:
+            raise CliError(f"{run.path} has no calibration.json (fitted by an older mil.fit); "
+                           "--adapt-prevalence needs it: re-run mil.fit on this folder")
+        calls = raw.argmax(1)
+        return raw, calls, calls, ["decision rule: the most probable class (the run has no "
+                                   "calibration.json)"]
+    probs = rule.calibrate(raw)
+    calls = rule.calls(probs)
+    notes = [rule.describe()]
+    if not adapt:
+        return probs, calls, calls, notes
+    fit = em_prevalence(rule.prior_calibrated(raw), rule.train_prior)
+    adapted = fit.probs.argmax(1)
+    notes.append(describe(fit, rule.classes, rule.train_prior, calls, adapted))
+    return fit.probs, adapted, calls, notes
+
+
+def decided(run: RunDir, preds: list[SlidePrediction], adapt: bool = False
+            ) -> tuple[np.ndarray, list[str]]:
+    """Set each prediction's probabilities and call by :func:`decide`; returns (the fixed
+    rule's calls (n,), notes)."""
+    probs, calls, fixed, notes = decide(run, np.stack([p.probs for p in preds]), adapt)
+    for p, q, c in zip(preds, probs, calls, strict=True):
+        p.probs, p.call = q.astype(np.float32), int(c)
+    return fixed, notes
+
+
+@dataclass
+class CohortPrediction:
+    """The run's models on slides of one store, with what was done to get there."""
+
+    slides: list[SlidePrediction]
+    notes: list[str]  # which models, standardisation, decision rule, prevalence
+    fixed_calls: np.ndarray  # (n,) the fixed rule's calls (the slides' own without adaptation)
+    standardise: str  # as applied to this store: none, train or cohort
+    adapted: bool = False
+
+
+def predict_cohort(run_dir: str | Path, store: str | Path | None = None,
+                   slides: list[SlideId] | None = None, batch_size: int = 8,
+                   models: str = "auto", adapt: bool = False) -> CohortPrediction:
+    """The run's ensemble (final models, else folds) on ``slides`` (default: all) of ``store``
+    (default: the run's), calibrated and called by the run's decision rule."""
+    run = RunDir(run_dir)
+    ckpts, which = run.models(models)
+    ensemble = Ensemble(ckpts, run.config, which)
+    preds = ensemble.predict(ensemble.source(store or run.store, slides), batch_size)
+    fixed, notes = decided(run, preds, adapt)
+    return CohortPrediction(preds, [which, *ensemble.notes, *notes], fixed, ensemble.applied,
+                            adapt)
 
 
 def predict_slides(run_dir: str | Path, store: str | Path | None = None,
                    slides: list[SlideId] | None = None, batch_size: int = 8) -> list[SlidePrediction]:
-    """The run's fold ensemble on ``slides`` (default: all) of ``store`` (default: the run's)."""
-    run = RunDir(run_dir)
-    ensemble = Ensemble(list(run.fold_checkpoints().values()), run.config)
-    return ensemble.predict(ensemble.source(store or run.store, slides), batch_size)
+    """:func:`predict_cohort`'s slides."""
+    return predict_cohort(run_dir, store, slides, batch_size).slides
+
+
+def evaluate(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
+             table: LabelTable) -> dict[str, Any]:
+    """Metrics on labelled slides of the predicted cohort: the run's models at their calls (and
+    at the fixed rule's, when adapted) and its baselines."""
+    at = {p.slide_id: i for i, p in enumerate(pred.slides)}
+    unknown = [s for s in table.slide_ids if s not in at]
+    if unknown:
+        raise CliError(f"labelled slide(s) not predicted: {', '.join(unknown[:5])}")
+    idx = [at[s] for s in table.slide_ids]
+    probs = [pred.slides[i].probs for i in idx]
+    classes = pred.slides[0].classes
+    out = {"mil": slide_metrics(table.labels, probs, classes, [pred.slides[i].call for i in idx])}
+    if pred.adapted:
+        out["mil_fixed_rule"] = slide_metrics(table.labels, probs, classes,
+                                              [int(pred.fixed_calls[i]) for i in idx])
+    out["baselines"] = external(Path(run_dir), open_store(store), table.slide_ids, table.labels,
+                                classes, cohort=pred.standardise == "cohort")
+    return out
+
+
+def labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
+                    labels: str | Path, out: Path) -> str:
+    """:func:`evaluate` on the slides of ``labels``, written to ``out`` as JSON; returns the
+    printed table."""
+    classes = pred.slides[0].classes
+    table = read_labels(labels, classes, [p.slide_id for p in pred.slides])
+    m = evaluate(run_dir, pred, store, table)
+    out.write_text(json.dumps({"notes": pred.notes, **m}, indent=1) + "\n", encoding="utf-8")
+    rows = {("MIL, adapted prevalence" if pred.adapted else "MIL"): m["mil"]}
+    if "mil_fixed_rule" in m:
+        rows["MIL, fixed rule"] = m["mil_fixed_rule"]
+    rows.update({NAMES[n]: b for n, b in m["baselines"].items() if "calls" in b})
+    return f"{len(table.slide_ids)} labelled slides ({labels}):\n" + comparison_table(rows, classes)
 
 
 def write_predictions(path: Path, preds: list[SlidePrediction]) -> None:
-    """``slide_id,prediction,prob_<class>...`` for every prediction."""
+    """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["slide_id", "prediction", *(f"prob_{c}" for c in preds[0].classes)])
         for r in preds:
-            w.writerow([r.slide_id, r.classes[int(r.probs.argmax())], *(f"{p:.6f}" for p in r.probs)])
+            call = r.call if r.call >= 0 else int(r.probs.argmax())
+            w.writerow([r.slide_id, r.classes[call], *(f"{p:.6f}" for p in r.probs)])
 
 
 def write_attention(pred: SlidePrediction, folder: Path, name: str | None = None) -> Path:

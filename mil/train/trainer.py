@@ -1,0 +1,66 @@
+"""One training recipe for the fold models and the final models: the
+:class:`mil.train.lightning_module.MILSystem` and the Lightning ``Trainer`` that a
+:class:`mil.train.config.FitConfig` describes.
+
+``ctx`` is the run's shared context built by :func:`mil.train.crossval.fit`: ``source`` (the
+:class:`mil.train.data.BagSource`), ``classes``, ``label_of``, ``slide_ids`` and ``provenance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+
+from mil.train.config import PRECISION, FitConfig
+from mil.train.lightning_module import MILSystem
+from mil.train.standardise import Standardise, source_moments
+
+
+def devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def loggers(out_dir: Path) -> list[Any]:
+    """A CSV logger, and TensorBoard's when it is installed."""
+    out: list[Any] = [CSVLogger(str(out_dir), name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        out.append(TensorBoardLogger(str(out_dir), name="tb", version=""))
+    except ImportError:
+        pass
+    return out
+
+
+def build_system(cfg: FitConfig, ctx: dict[str, Any], train_slides: Sequence[str]) -> MILSystem:
+    """A fresh MILSystem; with ``--standardise train|cohort`` it carries the mean/std of the
+    kept cells of ``train_slides``."""
+    source = ctx["source"]
+    system = MILSystem(
+        in_dim=source.feature_dim, classes=ctx["classes"], pooling=cfg.model, hidden=cfg.hidden,
+        attn_hidden=cfg.attn_hidden, dropout=cfg.dropout, loss=cfg.loss, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
+        instance_weights=cfg.instance_weights, prior_strength=cfg.prior_strength,
+        provenance=ctx["provenance"], standardise=cfg.standardise)
+    if cfg.standardise != Standardise.NONE:
+        stats = source_moments(source, train_slides)
+        system.model.norm.set_stats(stats.mean, stats.std)
+    return system
+
+
+def build_trainer(cfg: FitConfig, out_dir: Path, max_epochs: int, callbacks: list[Any],
+                  validate: bool = True) -> pl.Trainer:
+    """The Lightning Trainer; ``validate=False`` runs no validation loop (final models)."""
+    return pl.Trainer(
+        max_epochs=max_epochs, accelerator=cfg.accelerator, devices=devices(cfg.devices),
+        num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=PRECISION[cfg.precision],
+        gradient_clip_val=cfg.grad_clip or None, deterministic="warn", callbacks=callbacks,
+        logger=loggers(out_dir), default_root_dir=str(out_dir),
+        enable_progress_bar=cfg.progress, enable_model_summary=False,
+        enable_checkpointing=validate, limit_val_batches=None if validate else 0,
+        use_distributed_sampler=False, num_sanity_val_steps=0, log_every_n_steps=1)
