@@ -80,6 +80,27 @@ def test_em_recovers_a_prior_shift_from_calibrated_probabilities():
     assert same.prior[1] == pytest.approx(0.5, abs=0.05)
 
 
+def test_adapted_calls_at_a_boundary_keep_the_ranking(tmp_path: Path):
+    """A cohort that EM drives to one class keeps the order of its slides in the probabilities
+    mil.predict reports (no float32 rounding of 1 - 1e-7 into ties)."""
+    from mil.train.ensemble import SlidePrediction
+    from mil.train.metrics import macro_auroc
+    from mil.train.predict import decided
+    from mil.train.rundir import RunDir
+
+    y, x = _cohort(400, 0.25, seed=8)
+    fit_rule(_posterior(x, 0.25), y, ["A", "B"]).save(tmp_path)
+    (tmp_path / "config.yaml").write_text("store: none\n")
+    y_new, x_new = _cohort(60, 0.5, seed=9)
+    raw = _posterior(x_new - 4.0, 0.25).astype(np.float32)  # shifted: EM sees almost no B
+    preds = [SlidePrediction(f"S{i}", p, np.zeros((1, 1)), [], [], None, ["A", "B"])
+             for i, p in enumerate(raw)]
+    decided(RunDir(tmp_path), preds, adapt=True)
+    adapted = np.stack([p.probs for p in preds])
+    assert adapted[:, 1].max() < 1e-3  # EM went to the boundary
+    assert macro_auroc(y_new, adapted) == pytest.approx(macro_auroc(y_new, raw), abs=1e-9)
+
+
 def test_em_with_bcts_on_balanced_training_outputs():
     """Outputs of a class-balanced model carry a 50% prior; BCTS on the 25% OOF cohort makes
     them posteriors for 25%, which EM needs to find the new cohort's 50%."""

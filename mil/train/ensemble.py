@@ -34,7 +34,7 @@ class SlidePrediction:
     """The ensemble's output for one slide."""
 
     slide_id: SlideId
-    probs: Any  # (C,) np.float32
+    probs: Any  # (C,) np.float32 (float64 once the run's decision rule is applied)
     attention: Any  # (N, K) np.float32 over all stored cells, fold mean
     cell_ids: list[str]
     paths: list[str]

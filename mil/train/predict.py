@@ -61,7 +61,7 @@ def decided(run: RunDir, preds: list[SlidePrediction], adapt: bool = False
     rule's calls (n,), notes)."""
     probs, calls, fixed, notes = decide(run, np.stack([p.probs for p in preds]), adapt)
     for p, q, c in zip(preds, probs, calls, strict=True):
-        p.probs, p.call = q.astype(np.float32), int(c)
+        p.probs, p.call = q, int(c)  # float64: an adapted 1 - 1e-7 must not round to a tie
     return fixed, notes
 
 
