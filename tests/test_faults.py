@@ -341,6 +341,6 @@ def test_corrupt_checkpoint_is_one_line_and_heatmap_leaves_nothing(fit_run, tmp_
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 1.0}}, bad)
-    assert predict_main([str(run), "--out", str(tmp_path / "p.csv")]) == 2
+    assert predict_main([str(run), "--out", str(tmp_path / "p.csv"), "--models", "folds"]) == 2
     err = error_line(capsys)
     assert str(bad) in err and "not a readable cellmil checkpoint" in err

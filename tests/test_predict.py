@@ -87,7 +87,7 @@ def run_with_preprocessing(fit_run, tmp_path_factory) -> Path:
     import shutil
 
     shutil.copytree(fit_run["out"], run)
-    for ckpt in run.glob("fold_*/best.ckpt"):
+    for ckpt in run.glob("**/*.ckpt"):  # the fold models and the final models
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         state["hyper_parameters"]["provenance"].update(PREPROCESSING)
         torch.save(state, ckpt)
