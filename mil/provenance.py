@@ -16,9 +16,10 @@ from typing import Any
 
 from mil.errors import CliError
 
-# Root attributes that decide what a feature vector means.
+# Root attributes that decide what a feature vector means. ``feature_space`` (mil.extract.engine):
+# PyTorch's precision (``fp32``), or an engine's own when it did not reproduce PyTorch (and int8).
 FEATURE_KEYS = ("backbone", "weights_sha256", "feature_dim", "image_size", "mean", "std",
-                "interpolation", "dtype")
+                "interpolation", "dtype", "feature_space")
 
 
 def feature_provenance(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -142,6 +142,9 @@ def test_batch_decoding_threads_sizes_and_failures(tmp_path, monkeypatch) -> Non
     for i, p in enumerate(paths):
         if i != 3:
             assert np.array_equal(x[i].permute(1, 2, 0).numpy(), load_image(p, 24)), p
+    # each decoding thread resizing its own image (compiled engines): the same pixels
+    each = CellImages(paths, 24, threads=3, resize_each=True).__getitems__(list(range(len(paths))))
+    assert torch.equal(collate_cells(each)[1], x)
     assert x[3].sum() == 0
     single = CellImages(paths, 24)
     assert all(torch.equal(single[i][1], x[i].permute(1, 2, 0)) for i in range(6))

@@ -119,6 +119,20 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict:
     return out
 
 
+def hard_predictions(easy: list[dict], hard: list[dict], model: str, loss: str) -> np.ndarray:
+    """The hard protocol: 2-fold over the fifteen-class cells, each fold trained on the easy
+    cells (minus the test half's original cells) + the other half; pooled P(blast)."""
+    hard_fold = split(hard, 2, seed=0)
+    oof = np.zeros(len(hard), dtype=np.float32)
+    for f in (0, 1):
+        test = [r for r, g in zip(hard, hard_fold, strict=True) if g == f]
+        groups = {r["group"] for r in test}
+        train = [r for r in easy if r["group"] not in groups] + \
+            [r for r, g in zip(hard, hard_fold, strict=True) if g != f]
+        oof[np.array(hard_fold) == f] = fit_eval(f"hard{f}", train, test, model, loss)
+    return oof
+
+
 def run_protocols(rows: list[dict]) -> dict:
     easy = [r for r in rows if not r["hard"]]
     hard = [r for r in rows if r["hard"]]
@@ -126,19 +140,12 @@ def run_protocols(rows: list[dict]) -> dict:
     easy_fold = split(easy, 5, seed=0)  # fold 0 (20%) is the test part
     e_train = [r for r, f in zip(easy, easy_fold, strict=True) if f != 0]
     e_test = [r for r, f in zip(easy, easy_fold, strict=True) if f == 0]
-    hard_fold = split(hard, 2, seed=0)
     hy = np.array([r["y"] for r in hard])
     for model, loss in CONFIGS:
         key = f"{model}_{loss}"
         p = fit_eval("easy", e_train, e_test, model, loss)
         res.setdefault("easy", {})[key] = metrics(np.array([r["y"] for r in e_test]), p)
-        oof = np.zeros(len(hard), dtype=np.float32)
-        for f in (0, 1):
-            test = [r for r, g in zip(hard, hard_fold, strict=True) if g == f]
-            groups = {r["group"] for r in test}
-            train = [r for r in easy if r["group"] not in groups] + \
-                [r for r, g in zip(hard, hard_fold, strict=True) if g != f]
-            oof[np.array(hard_fold) == f] = fit_eval(f"hard{f}", train, test, model, loss)
+        oof = hard_predictions(easy, hard, model, loss)
         res.setdefault("hard", {})[key] = metrics(hy, oof)
         res["hard"][key]["blast_call_rate_by_code"] = {
             c: float(np.mean([p >= 0.5 for r, p in zip(hard, oof, strict=True) if r["code"] == c]))

@@ -1,15 +1,20 @@
 """``python -m mil.bench extract``: how close extraction from files gets to the model's ceiling.
 
-Three numbers, cells/s, same backbone, batch size, threads and allocator settings:
+Numbers in cells/s, same backbone, batch size, threads and allocator settings:
 
-(a) ceiling: the backbone's forward pass on a batch already in memory (channels_last and
+(a) ceiling: the PyTorch forward pass on a batch already in memory (channels_last and
     precision as configured), over as many cells as (b);
-(b) cellmil: ``mil.extract`` end to end from 400x400 JPEG files (decode, batches across slides,
-    atomic per-slide commits to an HDF5 store);
+(e) engine ceiling: the engine ``mil.extract`` runs (``--engine``, default auto: OpenVINO on
+    the CPU when installed) on the same in-memory batch, as the loader hands it over (uint8);
+(b) cellmil: ``mil.extract`` end to end with that engine from 400x400 JPEG files (decode,
+    batches across slides, atomic per-slide commits to an HDF5 store); with ``--serial-too``
+    also (b0), the same without decoding the next batch during the forward pass;
 (c) naive: the loop of typical extract scripts: one process, per slide open + timm transform
     each image, forward, write.
+``--int8`` adds (e8) and (b8): the engine quantised to int8 (calibrated on the benchmark's
+cells), its ceiling and end to end, and the int8 features' cosine to fp32's.
 
-(a) and (b) alternate for ``--rounds`` short rounds, so that a shared machine's slow and fast
+(a), (e), (b) alternate for ``--rounds`` short rounds, so that a shared machine's slow and fast
 spells (on this project's VM the same forward pass ran anywhere from 28 to 81 cells/s within an
 hour) fall on both. The headline (b)/(a) is the median of the per-round ratios (each pair
 measured back to back); (a) and (b) alone are the best of their rounds (a neighbour only ever
@@ -23,6 +28,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ import numpy as np
 MATEK = Path(__file__).resolve().parents[3] / "shared" / "data" / "matek_lmu" / "myeloblast"
 
 
-HELP = "extraction throughput: ceiling vs cellmil vs naive loop"
+HELP = "extraction throughput: PyTorch and engine ceilings vs cellmil vs naive loop"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +55,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="as mil.extract: auto = bf16 on CUDA, 32 on the CPU")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--images", default=None, help="folder of JPEGs to copy (default: matek or noise)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="as mil.extract (default auto)")
+    p.add_argument("--int8", action="store_true", help="also the engine at int8 (OpenVINO)")
+    p.add_argument("--serial-too", action="store_true",
+                   help="also cellmil without overlapping decode and forward")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--dir", default=None, help="work folder (default: a temp dir, removed)")
 
@@ -107,6 +118,12 @@ class Ceiling:
         self._forward(batches)
         return batches * self.args.batch_size / (time.perf_counter() - t)
 
+    def engine_reference(self, x: Any) -> Any:
+        """fp32 PyTorch features of uint8 cells x (B, 3, S, S): what an engine must reproduce."""
+        from mil.extract.engine import TorchEngine
+
+        return TorchEngine(self.bb, self.device, "32", self.args.channels_last)(x)  # (B, D)
+
     def cosine_vs_fp32(self) -> float | None:
         """Reduced precision only: the lowest cosine of its features to fp32's."""
         import torch
@@ -118,20 +135,44 @@ class Ceiling:
         return float(torch.nn.functional.cosine_similarity(self.ref, fp32.float()).min())
 
 
-def cellmil(src: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
-    """(b) mil.extract end to end into a fresh store (the model build is not timed)."""
+def extract_config(src: Path, out: Path, args: argparse.Namespace, **over: Any) -> Any:
     from mil.extract.config import ExtractConfig
+
+    cfg = ExtractConfig(source=str(src), out=str(out), backbone=args.backbone,
+                        weights=args.weights, image_size=args.image_size,
+                        batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+                        precision=args.precision, channels_last=args.channels_last,
+                        device=args.device, engine=args.engine)
+    return replace(cfg, **over)
+
+
+class EngineCeiling:
+    """(e) the extraction engine alone on one in-memory uint8 batch (converted, cached in ``out``)."""
+
+    def __init__(self, bb: Any, cfg: Any, device: Any, paths: list[str], x: Any):
+        from mil.extract.engine import build_engine
+
+        self.engine = build_engine(bb, cfg, device, paths, cfg.out)
+        self.x = x  # (B, 3, S, S) uint8, channels_last
+        self.engine(self.x)  # warm-up
+
+    def round(self, cells: int) -> float:
+        batches = -(-cells // len(self.x))
+        t = time.perf_counter()
+        for _ in range(batches):
+            self.engine(self.x)
+        return batches * len(self.x) / (time.perf_counter() - t)
+
+
+def cellmil(src: Path, out: Path, args: argparse.Namespace, **over: Any) -> dict[str, float]:
+    """(b) mil.extract end to end into a fresh store (the model build is not timed; a converted
+    engine model cached beside ``out`` is reused)."""
     from mil.extract.pipeline import extract
 
     if out.is_dir():  # a zarr store
         shutil.rmtree(out)
     out.unlink(missing_ok=True)
-    cfg = ExtractConfig(source=str(src), out=str(out), backbone=args.backbone,
-                        weights=args.weights, image_size=args.image_size,
-                        batch_size=args.batch_size, workers=args.workers, threads=args.threads,
-                        precision=args.precision, channels_last=args.channels_last,
-                        device=args.device)
-    s = extract(cfg, progress=False)
+    s = extract(extract_config(src, out, args, **over), progress=False)
     return {"cells_per_s": s.cells / s.embed_seconds, "seconds": s.embed_seconds,
             "cells": s.cells}
 
@@ -159,6 +200,53 @@ def naive(bb: Any, src: Path, out: Path, args: argparse.Namespace, device: Any) 
             n += len(files)
     secs = time.perf_counter() - t
     return {"cells_per_s": n / secs, "seconds": secs}
+
+
+RATIOS = [("cellmil", "ceiling"), ("engine_ceiling", "ceiling"), ("cellmil", "engine_ceiling"),
+          ("cellmil_serial", "engine_ceiling"), ("int8_ceiling", "ceiling"),
+          ("int8_cellmil", "ceiling"), ("int8_cellmil", "int8_ceiling")]
+ROWS = {"ceiling": "(a) PyTorch ceiling, in memory", "engine_ceiling": "(e) engine ceiling, in memory",
+        "cellmil": "(b) cellmil, files -> store", "cellmil_serial": "(b0) same, decode not overlapped",
+        "int8_ceiling": "(e8) int8 engine ceiling", "int8_cellmil": "(b8) cellmil int8, files -> store",
+        "naive": "(c) naive loop, files -> h5"}
+
+
+def _paired(b: list[float], a: list[float]) -> dict[str, Any]:
+    rounds = [y / x for x, y in zip(a, b, strict=True)]
+    return {"median": float(np.median(rounds)), "rounds": rounds}
+
+
+def _rate(run: dict[str, float], info: dict[str, Any]) -> float:
+    info["cells_extracted"] = run["cells"]
+    return run["cells_per_s"]
+
+
+def _measures(bb: Any, args: argparse.Namespace, device: Any, src: Path, root: Path) -> dict[str, Any]:
+    """name -> a callable measuring one round (cells/s), in the order the rounds run them."""
+    from mil.extract.engine import min_cosine, sample_cells
+
+    paths = [str(p) for p in sorted(src.rglob("*.jpg"))]
+    ceil = Ceiling(bb, args, device)
+    out = root / "cellmil.h5"
+    cells = sample_cells(paths, args.batch_size, bb.image_size, bb.interpolation)  # (B, 3, S, S)
+    x = cells.repeat(-(-args.batch_size // len(cells)), 1, 1, 1)[:args.batch_size]
+    engine = EngineCeiling(bb, extract_config(src, out, args), device, paths, x)
+    ref = ceil.engine_reference(x)
+    info = {**engine.engine.record, "torch_cosine_vs_fp32_min": ceil.cosine_vs_fp32()}
+    m: dict[str, Any] = {"_engine": info, "ceiling": lambda: ceil.round(args.cells)}
+    if engine.engine.name != "torch":
+        info["cosine_vs_torch_min"] = min_cosine(engine.engine(x), ref)
+        m["engine_ceiling"] = lambda: engine.round(args.cells)
+    m["cellmil"] = lambda: _rate(cellmil(src, out, args), info)
+    if args.serial_too:
+        m["cellmil_serial"] = lambda: _rate(cellmil(src, out, args, overlap=False), info)
+    if args.int8:
+        out8 = root / "cellmil_int8.h5"
+        int8 = EngineCeiling(bb, extract_config(src, out8, args, precision="int8"), device, paths, x)
+        info["int8"] = {**int8.engine.record, "cosine_vs_fp32_min": min_cosine(int8.engine(x), ref)}
+        m["int8_ceiling"] = lambda: int8.round(args.cells)
+        m["int8_cellmil"] = lambda: _rate(cellmil(src, out8, args, precision="int8"), info)
+    return m
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,23 +286,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers, "rounds": args.rounds, "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(), "malloc_tuned": tuned,
             "images": str(images) if images else "generated"}
-        ceil = Ceiling(bb, args, device)
-        a_rounds, b_rounds, b_runs = [], [], []
-        for _ in range(args.rounds):
-            a_rounds.append(ceil.round(args.cells))
-            b_runs.append(cellmil(src, root / "cellmil.h5", args))
-            b_rounds.append(b_runs[-1]["cells_per_s"])
-        res["ceiling"] = {"cells_per_s": max(a_rounds), "rounds_cells_per_s": a_rounds,
-                          "cosine_vs_fp32_min": ceil.cosine_vs_fp32()}
-        res["cellmil"] = {"cells_per_s": max(b_rounds), "rounds_cells_per_s": b_rounds,
-                          "cells": b_runs[-1]["cells"]}
-        res["round_ratios"] = [b / a for a, b in zip(a_rounds, b_rounds, strict=True)]
-        res["best_over_best"] = max(b_rounds) / max(a_rounds)
+        measures = _measures(bb, args, device, src, root)
+        res["engine"] = measures.pop("_engine")
+        got: dict[str, list[float]] = {name: [] for name in measures}
+        for _ in range(args.rounds):  # alternating: a slow spell of the machine hits every row
+            for name, measure in measures.items():
+                got[name].append(measure())
+        for name, rounds in got.items():
+            res[name] = {"cells_per_s": max(rounds), "rounds_cells_per_s": rounds}
+        res["ceiling"]["cosine_vs_fp32_min"] = res["engine"].pop("torch_cosine_vs_fp32_min")
+        res["cellmil"]["cells"] = res["engine"].pop("cells_extracted")
+        res["ratios"] = {f"{b}/{a}": _paired(got[b], got[a]) for b, a in RATIOS
+                         if a in got and b in got}
+        res["round_ratios"] = res["ratios"]["cellmil/ceiling"]["rounds"]
+        res["best_over_best"] = res["cellmil"]["cells_per_s"] / res["ceiling"]["cells_per_s"]
         if not args.skip_naive:
             (root / "naive.h5").unlink(missing_ok=True)
             res["naive"] = naive(bb, src, root / "naive.h5", args, device)
         c = res["cellmil"]["cells_per_s"]
-        res["cellmil_over_ceiling"] = float(np.median(res["round_ratios"]))
+        res["cellmil_over_ceiling"] = res["ratios"]["cellmil/ceiling"]["median"]
         if "naive" in res:
             res["cellmil_over_naive"] = c / res["naive"]["cells_per_s"]
         res["load_avg_after"] = os.getloadavg()
@@ -230,17 +320,23 @@ def table(res: dict[str, Any]) -> str:
              f"{res['precision']}, channels_last {res['channels_last']}, {res['torch_threads']} "
              f"torch threads, {res['workers']} workers, {res['rounds']} rounds, load "
              f"{res['load_avg'][0]:.2f}"]
-    for key, what in (("ceiling", "(a) ceiling, tensors in memory"),
-                      ("cellmil", "(b) cellmil, files -> store"),
-                      ("naive", "(c) naive loop, files -> h5")):
+    e = res["engine"]
+    lines.append(f"engine: {e['engine']} {e['precision']}, feature space {e['feature_space']}"
+                 + (f", min cosine to PyTorch fp32 {e['cosine_vs_torch_min']:.6f}"
+                    if "cosine_vs_torch_min" in e else ""))
+    if "int8" in e:
+        lines.append(f"int8: feature space {e['int8']['feature_space']}, min cosine to PyTorch "
+                     f"fp32 {e['int8']['cosine_vs_fp32_min']:.4f}")
+    for key, what in ROWS.items():
         if key in res:
             rounds = res[key].get("rounds_cells_per_s")
             each = f"   (rounds: {' '.join(f'{r:.1f}' for r in rounds)})" if rounds else ""
-            lines.append(f"{what:34} {res[key]['cells_per_s']:8.1f} cells/s{each}")
-    ratios = " ".join(f"{r:.3f}" for r in res["round_ratios"])
-    lines.append(f"(b)/(a) = {res['cellmil_over_ceiling']:.3f} (median of rounds: {ratios}; "
-                 f"best/best {res['best_over_best']:.3f})"
-                 + (f"   (b)/(c) = {res['cellmil_over_naive']:.2f}" if "naive" in res else ""))
+            lines.append(f"{what:36} {res[key]['cells_per_s']:8.1f} cells/s{each}")
+    for name, r in res["ratios"].items():
+        lines.append(f"{name:36} {r['median']:8.3f} x   (median of rounds: "
+                     f"{' '.join(f'{v:.2f}' for v in r['rounds'])})")
+    lines.append(f"cellmil best/ceiling best {res['best_over_best']:.3f}"
+                 + (f"   cellmil/naive {res['cellmil_over_naive']:.2f}" if "naive" in res else ""))
     if res["ceiling"].get("cosine_vs_fp32_min") is not None:
         lines.append(f"min cosine({res['precision']}, fp32) features: "
                      f"{res['ceiling']['cosine_vs_fp32_min']:.5f}")

@@ -32,8 +32,14 @@ class ExtractConfig:
     threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads (default: torch's choice)"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "device"})
-    precision: Literal["auto", "32", "bf16", "16"] = field(default="auto", metadata={
-        "help": "autocast: auto = bf16 on CUDA, 32 on CPU"})
+    precision: Literal["auto", "32", "bf16", "16", "int8"] = field(default="auto", metadata={
+        "help": "auto = bf16 on CUDA, 32 on CPU; int8 = post-training quantised (OpenVINO)"})
+    engine: Literal["auto", "torch", "openvino", "onnxruntime"] = field(default="auto", metadata={
+        "help": "auto = OpenVINO on the CPU when installed, else PyTorch (mil.extract.engine)"})
+    overlap: bool = field(default=True, metadata={
+        "help": "compiled engines: decode the next batch while the engine runs this one"})
+    calibration_cells: int = field(default=300, metadata={
+        "help": "int8: cohort cells that calibrate the quantisation", "metavar": "N"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     devices: int = field(default=1, metadata={"help": "processes per node (DDP when > 1)"})
     num_nodes: int = field(default=1, metadata={"help": "machines (DDP, e.g. under SLURM)"})
@@ -43,13 +49,15 @@ class ExtractConfig:
         "help": "replace a store made with other settings"})
 
     def validate(self) -> None:
-        for name in ("batch_size", "devices", "num_nodes"):
+        for name in ("batch_size", "devices", "num_nodes", "calibration_cells"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CliError(f"--{name.replace('_', '-')} must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise CliError("--workers must be >= 0")
         if self.image_size is not None and self.image_size < 8:
             raise CliError("--image-size must be >= 8")
+        if self.devices * self.num_nodes > 1 and self.engine not in ("auto", "torch"):
+            raise CliError(f"--engine {self.engine} runs in one process; drop --devices/--num-nodes")
 
 
 def config_path(out: str | Path) -> Path:

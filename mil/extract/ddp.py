@@ -27,8 +27,9 @@ from mil.config import save_config
 from mil.errors import CliError
 from mil.extract.backbone import build_backbone
 from mil.extract.config import ExtractConfig, config_path, resolve_runtime
+from mil.extract.engine import torch_record
 from mil.extract.fingerprint import scan_inputs
-from mil.extract.pipeline import embed, log, resolve_device, store_attrs
+from mil.extract.pipeline import embed, log, resolve_device, resolve_precision, store_attrs
 from mil.extract.resume import ResumePlan, finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
@@ -107,7 +108,7 @@ def extract_ddp(cfg: ExtractConfig, progress: bool = True) -> Summary | None:
         if rank == 0:
             raise
         raise SystemExit(2) from None  # rank 0 reports it
-    attrs = store_attrs(bb, cfg)
+    attrs = store_attrs(bb, cfg, torch_record(resolve_precision(cfg.precision, device.type)))
     status: tuple[str, Any] = ("ok", None)
     if rank == 0:
         try:

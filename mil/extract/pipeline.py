@@ -26,8 +26,9 @@ from mil.config import config_dict, save_config
 from mil.errors import CliError
 from mil.extract.backbone import build_backbone
 from mil.extract.config import DELAY_ENV, ExtractConfig, config_path, resolve_runtime, runtime
+from mil.extract.engine import TorchEngine, build_engine
 from mil.extract.fingerprint import scan_inputs
-from mil.extract.images import CellImages, make_loader, normalise
+from mil.extract.images import CellImages, make_loader
 from mil.extract.resume import finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
@@ -37,12 +38,13 @@ from mil.store import backend_of, open_store
 log = logging.getLogger("mil.extract")
 
 
-def store_attrs(bb: Any, cfg: ExtractConfig) -> dict[str, Any]:
-    """Root attributes: the backbone's provenance, dtype, versions and the config."""
+def store_attrs(bb: Any, cfg: ExtractConfig, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Root attributes: the backbone's and engine's provenance, dtype, versions and the config."""
     versions = {"cellmil": __version__, "torch": torch.__version__, "timm": timm.__version__,
                 "pillow": PIL.__version__, "numpy": numpy.__version__,
                 "python": sys.version.split()[0]}
-    return {**bb.attrs(), "dtype": cfg.dtype, "versions": versions, "config": config_dict(cfg)}
+    return {**bb.attrs(), **(engine or {}), "dtype": cfg.dtype, "versions": versions,
+            "config": config_dict(cfg)}
 
 
 # -- the embedding loop -------------------------------------------------------------------------
@@ -61,38 +63,49 @@ def autocast(device: Any, precision: str) -> Any:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: bool) -> None:
-    """Run every cell of ``sink`` through the backbone, committing slides as they complete."""
+def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: bool,
+          engine: Any = None) -> None:
+    """Run every cell of ``sink`` through ``engine`` (default: PyTorch), committing slides as
+    they complete. The next batch decodes while a compiled engine computes this one."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()
-    model = bb.model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    engine = engine or TorchEngine(bb, device, resolve_precision(cfg.precision, device.type),
+                                   cfg.channels_last)
     batch_size, workers = runtime(cfg, device.type)
+    threads, compiled = torch.get_num_threads(), engine.name != "torch"
+    if compiled:
+        torch.set_num_threads(1)  # torch only resizes now, one image per decoding thread
     ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation,
-                    threads=torch.get_num_threads() if workers == 0 else 1)
+                    threads=threads if workers == 0 else 1, resize_each=compiled)
     loader = make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     bar = tqdm(total=len(ds), unit="cell", disable=None if progress else True, dynamic_ncols=True,
                smoothing=0.1, file=sys.stderr)
-    with torch.inference_mode(), bar:
-        for index, x, ok in loader:  # index (B,), x (B, 3, S, S) uint8 channels_last, ok (B,)
-            feats = torch.zeros(len(index), bb.feature_dim)  # (B, D)
-            if ok.any():
-                xb = x.to(device, non_blocking=True)  # pinned on CUDA: an async copy
-                if not ok.all():
-                    xb = xb[ok.to(device)]
-                xb = normalise(xb, bb.mean, bb.std)
-                if not cfg.channels_last:
-                    xb = xb.contiguous()
-                with autocast(device, cfg.precision):
-                    feats[ok] = model(xb).float().cpu()
-            sink.put(index.numpy(), feats.numpy(), ok.numpy())
-            bar.update(len(index))
-            if delay:
-                time.sleep(delay)
+
+    def finish(index: Any, ok: Any, job: Any) -> None:
+        feats = torch.zeros(len(index), bb.feature_dim)  # (B, D)
+        if job is not None:
+            feats[ok] = job.result()
+        sink.put(index.numpy(), feats.numpy(), ok.numpy())
+        bar.update(len(index))
+        if delay:
+            time.sleep(delay)
+
+    pending = None
+    try:
+        with bar:
+            for index, x, ok in loader:  # index (B,), x (B, 3, S, S) uint8 channels_last, ok (B,)
+                job = engine.submit(x if ok.all() else x[ok]) if ok.any() else None
+                if pending:
+                    finish(*pending)
+                pending = (index, ok, job)
+            if pending:
+                finish(*pending)
+    finally:
+        engine.close()
+        torch.set_num_threads(threads)
 
 
 def resolve_device(name: str) -> Any:
@@ -114,12 +127,15 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
     cfg = resolve_runtime(cfg, device.type)  # the saved config says what ran
     bb = build_backbone(cfg.backbone, cfg.weights, cfg.image_size)
     with open_store(cfg.out, "a") as store:
-        store.init(store_attrs(bb, cfg), overwrite=cfg.overwrite)
+        store.check_compatible(store_attrs(bb, cfg), cfg.overwrite)  # before any conversion
+        engine = build_engine(bb, cfg, device, [str(c.path) for cells in cohort.slides.values()
+                                                for c in cells], cfg.out)
+        store.init(store_attrs(bb, cfg, engine.record), overwrite=cfg.overwrite)
         save_config(cfg, config_path(cfg.out))
         plan = plan_resume(store, cohort, inputs, cfg.overwrite)
         sink = SlideSink(store, cohort, plan.pending, bb.feature_dim, cfg.dtype, inputs)
         t1 = time.perf_counter()
-        embed(bb, sink, cfg, device, progress)
+        embed(bb, sink, cfg, device, progress, engine)
         summary = sink.summary
         summary.embed_seconds = time.perf_counter() - t1
         finish(store, summary, cohort, plan, cfg.source)

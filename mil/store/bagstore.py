@@ -78,15 +78,9 @@ class BagStore:
         """
         self._require_writable()
         old = self._b.root_attrs()
-        if old and self.slides():
-            diff = feature_differences(old, attrs)
-            if diff and not overwrite:
-                what = ", ".join(f"{k}: store has {a!r}, this run {b!r}" for k, a, b in diff)
-                raise CliError(f"{self.path} was made with other settings ({what}); "
-                               "use --overwrite to replace it or choose another output")
-            if diff:
-                for sid in self.slides():
-                    self.delete_slide(sid)
+        if self.check_compatible(attrs, overwrite):
+            for sid in self.slides():
+                self.delete_slide(sid)
         stamp = {"schema": SCHEMA, "created": old.get("created") or now()}
         self._b.set_root_attrs({**attrs, **stamp})
 
@@ -94,6 +88,19 @@ class BagStore:
         """Add or replace root attributes of an initialised store (e.g. the extraction's notes)."""
         self._require_writable()
         self._b.set_root_attrs(attrs)
+
+    def check_compatible(self, attrs: dict[str, Any], overwrite: bool = False) -> list[tuple]:
+        """The feature settings in which this store's slides differ from ``attrs`` (a CliError
+        unless ``overwrite``): checked before a run starts its expensive work, and by init."""
+        old = self._b.root_attrs()
+        if not (old and self.slides()):
+            return []
+        diff = feature_differences(old, attrs)
+        if diff and not overwrite:
+            what = ", ".join(f"{k}: store has {a!r}, this run {b!r}" for k, a, b in diff)
+            raise CliError(f"{self.path} was made with other settings ({what}); "
+                           "use --overwrite to replace it or choose another output")
+        return diff
 
     # -- reading ---------------------------------------------------------------------------
     def _key_map(self) -> dict[SlideId, str]:
