@@ -20,6 +20,7 @@ cells drawn evenly from the cohort; its feature space names the quantised model'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -188,20 +189,28 @@ def quantise(model: Any, calib: Any) -> Any:
 
 def compile_openvino(path: Path, precision: str, threads: int | None) -> Any:
     """Compile the saved model for the CPU (LATENCY hint: one stream over all cores)."""
-    import openvino as ov
-
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    compiled = openvino_core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(x: Any) -> np.ndarray:
         request.infer({0: nhwc(x)}, share_inputs=True)
         return request.get_output_tensor(0).data.copy()  # (B, D) float32
 
+    run.compiled = compiled  # type: ignore[attr-defined]  # freed after its request, not before
     return run
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """One OpenVINO Core per process, never freed: a compiled model that outlives the Core that
+    made it (its plugin unloaded) crashed the process when it was garbage-collected later."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 # -- ONNX Runtime -------------------------------------------------------------------------------
