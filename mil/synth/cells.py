@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mil.synth.artefacts import ARTEFACT_TYPES, paint_smudge
 from mil.synth.canvas import (
     Canvas,
     Stain,
@@ -253,6 +254,7 @@ PAINTERS = {
     "lymphocyte": _paint_lymphocyte,
     "monocyte": _paint_monocyte,
     "eosinophil": _paint_eosinophil,
+    "smudge": paint_smudge,
 }
 
 
@@ -271,8 +273,8 @@ def render_cell(
     non-blasts (and cue-less blasts) carry no class signal. The cue is drawn from its own stream
     (seeded from ``rng`` first thing), so a blast with and without its cue shares everything else.
     """
-    if cell_type not in CELL_TYPES:
-        raise ValueError(f"unknown cell type {cell_type!r}; expected one of {CELL_TYPES}")
+    if cell_type not in CELL_TYPES + ARTEFACT_TYPES:
+        raise ValueError(f"unknown cell type {cell_type!r}; expected one of {CELL_TYPES + ARTEFACT_TYPES}")
     cue = class_name if (cell_type == "blast" and shows_cue) else None
     if cue is not None and cue not in CUES:
         raise ValueError(f"unknown class cue {cue!r}; expected one of {CUES}")

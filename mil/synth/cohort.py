@@ -33,6 +33,7 @@ from mil.synth.canvas import draw_stain
 from mil.synth.cells import render_cell
 from mil.synth.config import MIX_CONCENTRATION, NON_BLAST_MIX, SynthConfig, class_names
 from mil.synth.montage import write_montage
+from mil.synth.shift import CohortShift, artefact_cells, cell_counts
 
 log = logging.getLogger("mil.synth")
 
@@ -72,21 +73,28 @@ class SlideJob:
     size: int
     blast_range: tuple[float, float]
     cue_range: tuple[float, float]
+    class_index: int = 0
+    n_classes: int = 2
+    shift: CohortShift = CohortShift()
+    artefacts: float = 0.0
 
 
-def slide_plan(slides: int, classes: int, paired: float, seed: int) -> list[tuple[str, str, str]]:
+def slide_plan(slides: int, classes: int, paired: float, seed: int,
+               shares: list[float] | None = None) -> list[tuple[str, str, str]]:
     """(slide_id, label, patient_id) rows. About ``paired`` of the patients have two slides (same
-    label); labels go to patients greedily so slide counts per class differ by at most one or
-    two; slide ids follow a shuffled order so a patient's slides are not neighbours."""
+    label); labels go to patients greedily so slide counts per class follow ``shares`` (default
+    equal) within one or two slides; slide ids follow a shuffled order so a patient's slides are
+    not neighbours."""
     rng = np.random.default_rng([seed, 0])
     names = class_names(classes)
+    share = np.full(len(names), 1.0 / len(names)) if shares is None else np.asarray(shares) / sum(shares)
     n_patients = max(1, math.ceil(slides / (1.0 + paired)))
     n_slides = np.ones(n_patients, int)
     n_slides[rng.choice(n_patients, slides - n_patients, replace=False)] = 2
     counts, priority = np.zeros(len(names)), rng.permutation(len(names))
     labels = np.empty(n_patients, int)
     for p in sorted(range(n_patients), key=lambda p: -n_slides[p]):  # pairs first
-        k = min(priority, key=lambda k: counts[k])
+        k = min(priority, key=lambda k: counts[k] / share[k])
         labels[p], counts[k] = k, counts[k] + n_slides[p]
         priority = np.roll(priority, -1)
     owners = np.repeat(np.arange(n_patients), n_slides)[rng.permutation(slides)]
@@ -130,8 +138,9 @@ def png_bytes(img: np.ndarray) -> bytes:
 def draw_slide(job: SlideJob) -> list[tuple[str, str, str, str, int, int]]:
     """Draw and save one slide's cells; returns its cells.csv rows. Deterministic per (seed, index)."""
     rng = np.random.default_rng([job.seed, 1, job.index])
-    stain = draw_stain(rng)
+    stain = job.shift.apply(draw_stain(rng), job.class_index, job.n_classes)
     types, cues = slide_cells(rng, job)
+    types = artefact_cells(types, job.artefacts, np.random.default_rng([job.seed, 5, job.index]))
     folder = job.images / job.slide_id
     folder.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(job.cells - 1)))
@@ -217,6 +226,12 @@ def make_cohort(
     cue_min: float = 0.5,
     cue_max: float = 0.7,
     paired: float = 0.2,
+    class_shares: list[float] | None = None,
+    cells_spread: float = 0.0,
+    stain_hue: float = 0.0,
+    brightness: float = 0.0,
+    confounder: float = 0.0,
+    artefacts: float = 0.0,
     montage: Path | None = None,
     overwrite: bool = False,
 ) -> CohortInfo:
@@ -225,15 +240,20 @@ def make_cohort(
         slides=slides, cells=cells, classes=classes, noise=noise, labelled=labelled,
         image_size=image_size, seed=seed, workers=workers, blast_min=blast_min,
         blast_max=blast_max, cue_min=cue_min, cue_max=cue_max, paired=paired,
+        class_shares=list(class_shares) if class_shares else None, cells_spread=cells_spread,
+        stain_hue=stain_hue, brightness=brightness, confounder=confounder, artefacts=artefacts,
         montage=Path(montage) if montage else None, overwrite=overwrite,
     )
     cfg.validate()
     out = Path(out)
     images = _prepare(out, overwrite)
     start = time.perf_counter()
-    plan = slide_plan(slides, classes, paired, seed)
+    plan = slide_plan(slides, classes, paired, seed, cfg.class_shares)
+    names, counts = class_names(classes), cell_counts(cells, cells_spread, slides, seed)
+    shift = CohortShift(stain_hue, brightness, confounder)
     jobs = [
-        SlideJob(images, seed, i, sid, label, cells, image_size, (blast_min, blast_max), (cue_min, cue_max))
+        SlideJob(images, seed, i, sid, label, counts[i], image_size, (blast_min, blast_max),
+                 (cue_min, cue_max), names.index(label), classes, shift, artefacts)
         for i, (sid, label, _) in enumerate(plan)
     ]
     rows = _draw_all(jobs, workers)

@@ -32,6 +32,19 @@ class SynthConfig:
     cue_min: float = field(default=0.5, metadata={"help": "lowest share of blasts showing the cue"})
     cue_max: float = field(default=0.7, metadata={"help": "highest share of blasts showing the cue"})
     paired: float = field(default=0.2, metadata={"help": "share of patients with two slides"})
+    class_shares: list[float] | None = field(default=None, metadata={
+        "help": "slide share of each class, comma-separated (default: equal)", "metavar": "P,P,..."})
+    cells_spread: float = field(default=0.0, metadata={
+        "help": "cells per slide drawn from cells*[1-s, 1+s] (0: all slides have --cells)"})
+    stain_hue: float = field(default=0.0, metadata={
+        "help": "cohort-wide stain hue shift (log OD gain +h red, -h blue; e.g. 0.15)"})
+    brightness: float = field(default=0.0, metadata={
+        "help": "cohort-wide brightness shift (OD scaled by exp(-b); positive: paler)"})
+    confounder: float = field(default=0.0, metadata={
+        "help": "class-linked stain tint of this strength (negative: the same tints against the "
+                "labels, for a second cohort)"})
+    artefacts: float = field(default=0.0, metadata={
+        "help": "share of each slide's cells that are smudge cells (replacing non-blasts)"})
     montage: Path | None = field(default=None, metadata={"help": "also write a labelled grid PNG"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing cohort in OUT"})
 
@@ -51,10 +64,18 @@ class SynthConfig:
             (0.0 <= self.cue_min <= self.cue_max <= 1.0,
              f"need 0 <= --cue-min <= --cue-max <= 1, got {self.cue_min}, {self.cue_max}"),
             (0.0 <= self.paired <= 1.0, f"--paired must be in [0, 1], got {self.paired}"),
+            (0.0 <= self.cells_spread < 1.0, f"--cells-spread must be in [0, 1), got {self.cells_spread}"),
+            (0.0 <= self.artefacts < 1.0, f"--artefacts must be in [0, 1), got {self.artefacts}"),
+            (abs(self.stain_hue) <= 1.0 and abs(self.brightness) <= 1.0 and abs(self.confounder) <= 1.0,
+             "--stain-hue, --brightness and --confounder must lie in [-1, 1]"),
         ]
         for ok, message in checks:
             if not ok:
                 raise CliError(message)
+        shares = self.class_shares
+        if shares is not None and (len(shares) != self.classes or min(shares) <= 0):
+            raise CliError(f"--class-shares needs {self.classes} positive values (one per class), "
+                           f"got {','.join(map(str, shares))}")
 
 
 def class_names(k: int) -> tuple[str, ...]:
