@@ -18,13 +18,18 @@ from mil.errors import CliError
 
 # Root attributes that decide what a feature vector means. ``feature_space`` (mil.extract.engine):
 # PyTorch's precision (``fp32``), or an engine's own when it did not reproduce PyTorch (and int8).
+# ``stain_norm`` (mil.extract.stain): ``none`` or the normalisation and its reference.
 FEATURE_KEYS = ("backbone", "weights_sha256", "feature_dim", "image_size", "mean", "std",
-                "interpolation", "dtype", "feature_space")
+                "interpolation", "dtype", "feature_space", "stain_norm")
+
+# what an absent key meant before the key existed (stores and runs made before stain_norm)
+ABSENT_MEANS = {"stain_norm": "none"}
 
 
 def feature_provenance(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`FEATURE_KEYS` values of a store's root attributes (absent keys as None)."""
-    return {k: attrs.get(k) for k in FEATURE_KEYS}
+    """The :data:`FEATURE_KEYS` values of a store's root attributes (absent keys as None, or as
+    :data:`ABSENT_MEANS` says)."""
+    return {k: attrs.get(k, ABSENT_MEANS.get(k)) for k in FEATURE_KEYS}
 
 
 def _canonical(value: Any) -> str:
@@ -42,7 +47,7 @@ def feature_differences(want: Mapping[str, Any], got: Mapping[str, Any]) -> list
     """``(key, want's value, got's value)`` for each feature key both record differently."""
     out = []
     for key in FEATURE_KEYS:
-        a, b = want.get(key), got.get(key)
+        a, b = want.get(key, ABSENT_MEANS.get(key)), got.get(key, ABSENT_MEANS.get(key))
         if a is not None and b is not None and _canonical(a) != _canonical(b):
             out.append((key, a, b))
     return out

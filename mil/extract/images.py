@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ class CellImages:
     interpolation: str = "bicubic"
     threads: int = 1
     resize_each: bool = False
+    stain: Callable[[int, Any], Any] | None = None  # (index, uint8 (H, W, 3)) -> normalised crop
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -206,6 +208,8 @@ class CellImages:
             return None
         if im.shape[0] == 0 or im.shape[1] == 0:
             return None
+        if self.stain is not None:
+            im = self.stain(i, im)
         return resize_batch([im], self.size, self.interpolation)[0] if self.resize_each else im
 
 

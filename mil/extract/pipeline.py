@@ -32,6 +32,7 @@ from mil.extract.images import CellImages, make_loader
 from mil.extract.resume import finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
+from mil.extract.stain import build_normaliser
 from mil.outputs import require_writable
 from mil.store import backend_of, open_store
 
@@ -43,8 +44,15 @@ def store_attrs(bb: Any, cfg: ExtractConfig, engine: dict[str, Any] | None = Non
     versions = {"cellmil": __version__, "torch": torch.__version__, "timm": timm.__version__,
                 "pillow": PIL.__version__, "numpy": numpy.__version__,
                 "python": sys.version.split()[0]}
-    return {**bb.attrs(), **(engine or {}), "dtype": cfg.dtype, "versions": versions,
-            "config": config_dict(cfg)}
+    return {**bb.attrs(), **(engine or {}), "dtype": cfg.dtype, "stain_norm": stain_record(cfg),
+            "versions": versions, "config": config_dict(cfg)}
+
+
+def stain_record(cfg: ExtractConfig) -> str:
+    """The provenance value of ``cfg.stain_norm``: ``none``, or mode and reference numbers."""
+    from mil.extract.stain import StainNormaliser
+
+    return "none" if cfg.stain_norm == "none" else StainNormaliser(cfg.stain_norm).record()
 
 
 # -- the embedding loop -------------------------------------------------------------------------
@@ -77,8 +85,9 @@ def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: b
     threads, compiled = torch.get_num_threads(), engine.name != "torch"
     if compiled:
         torch.set_num_threads(1)  # torch only resizes now, one image per decoding thread
+    stain = build_normaliser(cfg.stain_norm, sink.cells)
     ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation,
-                    threads=threads if workers == 0 else 1, resize_each=compiled)
+                    threads=threads if workers == 0 else 1, resize_each=compiled, stain=stain)
     loader = make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     bar = tqdm(total=len(ds), unit="cell", disable=None if progress else True, dynamic_ncols=True,

@@ -1,0 +1,158 @@
+"""Stain normalisation of cell crops before the backbone.
+
+``od-slide``: a stain batch scales how much light each stain absorbs (Beer-Lambert), i.e. the
+optical density OD = -log(I / 255) of each colour channel. One gain per channel and slide maps
+the slide's mean OD to the reference's: a per-slide grey world in OD space (a diagonal form of
+Macenko's stain-concentration matching that small single-cell crops estimate stably).
+
+``reinhard`` / ``reinhard-slide``: Reinhard et al. (2001) colour transfer. Each crop's colours are mapped in the decorrelated l-alpha-beta space (log LMS cone responses)
+so that their mean and standard deviation per channel match a reference: ``reinhard`` takes the
+statistics of the crop itself; ``reinhard-slide`` pools them over the slide's crops (a slide is
+one staining run: one transform per slide keeps the differences between its cells, which a
+per-crop transform partly removes, e.g. a blast's salmon cytoplasm). The reference is fixed
+(:data:`DEFAULT_REFERENCE`, real May-Gruenwald-Giemsa crops), so every cohort maps to the same
+colours; the store records mode and reference, and features made otherwise count as different.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+StainNorm = Literal["none", "od-slide", "reinhard", "reinhard-slide"]
+STAIN_NORMS: tuple[str, ...] = ("none", "od-slide", "reinhard", "reinhard-slide")
+SLIDE_MODES = ("od-slide", "reinhard-slide")
+
+_RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]],
+                    np.float32)
+_LMS2RGB = np.linalg.inv(_RGB2LMS).astype(np.float32)
+_LOG2LAB = (np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)])
+            @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])).astype(np.float32)
+_LAB2LOG = np.linalg.inv(_LOG2LAB).astype(np.float32)
+_EPS = 1.0 / 255.0
+
+# mean and std per l-alpha-beta channel over every 4th pixel of the 1,150 Matek cells
+# (../shared/data/matek_lmu, CC BY 3.0; recomputed by tests/test_stain.py when present)
+DEFAULT_REFERENCE: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+    (-0.2413, -0.0567, 0.0105), (0.3018, 0.1324, 0.0213))
+# mean optical density (red, green, blue) over every 4th pixel of the same 1,150 cells
+DEFAULT_OD: tuple[float, float, float] = (0.2444, 0.6213, 0.1972)
+
+SLIDE_SAMPLE = 64  # crops per slide whose pixels give the slide's statistics
+
+
+def to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., 3) -> float32 l-alpha-beta (..., 3)."""
+    x = np.maximum(rgb.astype(np.float32) / 255.0, _EPS)
+    return np.log10(np.maximum(x @ _RGB2LMS.T, _EPS)) @ _LOG2LAB.T
+
+
+def from_lab(lab: np.ndarray) -> np.ndarray:
+    """float32 l-alpha-beta (..., 3) -> uint8 RGB (..., 3), clipped."""
+    rgb = (10.0 ** (lab @ _LAB2LOG.T)) @ _LMS2RGB.T
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_od(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., 3) -> float32 optical density (..., 3)."""
+    return -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+
+
+def od_stats(images: Sequence[np.ndarray], step: int = 1) -> np.ndarray:
+    """Mean optical density (3,) over every ``step``-th pixel of ``images``."""
+    od = np.concatenate([to_od(im[::step, ::step]).reshape(-1, 3) for im in images])  # (P, 3)
+    return np.maximum(od.mean(0), 1e-3)
+
+
+def od_transfer(rgb: np.ndarray, mean_od: np.ndarray, reference: Sequence[float] = DEFAULT_OD) -> np.ndarray:
+    """uint8 RGB (H, W, 3) with each channel's OD scaled so that ``mean_od`` becomes ``reference``."""
+    gain = np.asarray(reference, np.float32) / mean_od  # (3,)
+    return np.clip(255.0 * np.exp(-to_od(rgb) * gain) + 0.5, 0, 255).astype(np.uint8)
+
+
+def lab_stats(images: Sequence[np.ndarray], step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (3,) per l-alpha-beta channel over every ``step``-th pixel of ``images``."""
+    lab = np.concatenate([to_lab(im[::step, ::step]).reshape(-1, 3) for im in images])  # (P, 3)
+    return lab.mean(0), np.maximum(lab.std(0), 1e-4)
+
+
+def transfer(rgb: np.ndarray, stats: tuple[np.ndarray, np.ndarray],
+             reference: tuple[Sequence[float], Sequence[float]] = DEFAULT_REFERENCE) -> np.ndarray:
+    """uint8 RGB (H, W, 3) whose l-alpha-beta ``stats`` (mean, std) become ``reference``'s."""
+    mean, std = stats
+    ref_mean, ref_std = (np.asarray(v, np.float32) for v in reference)
+    lab = (to_lab(rgb) - mean) * (ref_std / std) + ref_mean  # (H, W, 3)
+    return from_lab(lab.astype(np.float32))
+
+
+class StainNormaliser:
+    """Normalise decoded crops (``uint8 (H, W, 3)`` tensors) of a flat list of cells.
+
+    ``slide_of[i]`` names cell i's slide; for ``reinhard-slide`` :meth:`fit_slides` must have
+    given every slide its statistics first.
+    """
+
+    def __init__(self, mode: str, reference: tuple[Sequence[float], Sequence[float]] = DEFAULT_REFERENCE,
+                 slide_of: Sequence[str] = ()) -> None:
+        if mode not in STAIN_NORMS[1:]:
+            raise ValueError(f"unknown stain normalisation {mode!r}")
+        self.mode, self.reference, self.slide_of = mode, reference, list(slide_of)
+        self.slide_stats: dict[str, Any] = {}
+
+    def fit_slides(self, images_of: dict[str, list[np.ndarray]]) -> None:
+        """Each slide's statistics from (a sample of) its decoded crops."""
+        stats = od_stats if self.mode == "od-slide" else lab_stats
+        for sid, images in images_of.items():
+            self.slide_stats[sid] = stats(images, step=2)
+
+    def __call__(self, i: int, im: Any) -> Any:
+        """Crop ``i`` (a uint8 (H, W, 3) tensor) normalised, as a tensor."""
+        import torch
+
+        rgb = im.numpy()
+        if self.mode == "od-slide":
+            return torch.from_numpy(od_transfer(rgb, self.slide_stats[self.slide_of[i]]))
+        stats = self.slide_stats[self.slide_of[i]] if self.mode == "reinhard-slide" else lab_stats([rgb])
+        return torch.from_numpy(transfer(rgb, stats, self.reference))
+
+    def record(self) -> str:
+        """The provenance value: mode and reference numbers."""
+        if self.mode == "od-slide":
+            return f"od-slide(od={','.join(f'{v:.4f}' for v in DEFAULT_OD)})"
+        mean, std = (",".join(f"{v:.4f}" for v in vals) for vals in self.reference)
+        return f"{self.mode}(mean={mean};std={std})"
+
+
+def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
+    """The normaliser of ``mode`` for ``cells`` (objects with ``slide_id`` and ``path``), its
+    per-slide statistics measured on up to :data:`SLIDE_SAMPLE` crops per slide; None for none."""
+    if mode == "none":
+        return None
+    from mil.extract.images import decode
+
+    norm = StainNormaliser(mode, slide_of=[c.slide_id for c in cells])
+    if mode in SLIDE_MODES:
+        by_slide: dict[str, list[Any]] = {}
+        for c in cells:
+            by_slide.setdefault(c.slide_id, []).append(c.path)
+        images: dict[str, list[np.ndarray]] = {}
+        for sid, paths in by_slide.items():
+            images[sid] = [im for im in (_try_decode(decode, paths[j]) for j in sample_indices(len(paths)))
+                           if im is not None] or [np.full((1, 1, 3), 255, np.uint8)]
+        norm.fit_slides(images)
+    return norm
+
+
+def _try_decode(decode: Any, path: Any) -> np.ndarray | None:
+    try:
+        im = decode(path).numpy()
+    except Exception:  # noqa: BLE001 - unreadable crops are reported as failed cells later
+        return None
+    return im if im.size else None
+
+
+def sample_indices(n: int, k: int = SLIDE_SAMPLE) -> list[int]:
+    """Up to ``k`` evenly spaced indices of ``range(n)`` (deterministic)."""
+    return sorted({round(j * (n - 1) / max(k - 1, 1)) for j in range(min(n, k))})
