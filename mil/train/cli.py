@@ -22,6 +22,11 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    if args.cfg.task == "multilabel":
+        from mil.train.panel_fit import fit_panel
+
+        fit_panel(args.cfg)
+        return
     from mil.train.crossval import fit
 
     fit(args.cfg)

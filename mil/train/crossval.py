@@ -105,7 +105,7 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
                        workers=cfg.workers, seed=seed)
-    ctx = {"source": source, "classes": classes, "provenance": provenance}
+    ctx = {"source": source, "classes": classes, "provenance": provenance, "label_of": label_of}
     system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",
                            mode="min", save_top_k=1, save_weights_only=True,

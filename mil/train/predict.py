@@ -27,6 +27,8 @@ from mil.train.calibration import DecisionRule
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import LabelTable, read_labels
 from mil.train.metrics import comparison_table, slide_metrics
+from mil.train.panel_calibration import load_panel_rule
+from mil.train.panel_csv import write_panel_predictions
 from mil.train.prevalence import describe, em_prevalence
 from mil.train.rundir import RunDir
 
@@ -58,7 +60,18 @@ def decide(run: RunDir, raw: np.ndarray, adapt: bool = False
 def decided(run: RunDir, preds: list[SlidePrediction], adapt: bool = False
             ) -> tuple[np.ndarray, list[str]]:
     """Set each prediction's probabilities and call by :func:`decide`; returns (the fixed
-    rule's calls (n,), notes)."""
+    rule's calls (n,), notes). A multi-label run calibrates and calls each target by its
+    per-target rule (``calls`` (T,) on each prediction; the returned calls are (n, T))."""
+    if is_multilabel(run):
+        if adapt:
+            raise CliError("--adapt-prevalence is for one label per slide; this run is "
+                           "--task multilabel")
+        rule = load_panel_rule(run.path)
+        probs = rule.calibrate(np.stack([p.probs for p in preds]))  # (n, T)
+        calls = rule.calls(probs)  # (n, T)
+        for p, q, c in zip(preds, probs, calls, strict=True):
+            p.probs, p.calls = q, c
+        return calls, [rule.describe()]
     probs, calls, fixed, notes = decide(run, np.stack([p.probs for p in preds]), adapt)
     for p, q, c in zip(preds, probs, calls, strict=True):
         p.probs, p.call = q, int(c)  # float64: an adapted 1 - 1e-7 must not round to a tie
@@ -131,8 +144,19 @@ def labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Pa
     return f"{len(table.slide_ids)} labelled slides ({labels}):\n" + comparison_table(rows, classes)
 
 
+def is_multilabel(run: RunDir) -> bool:
+    """Whether the run was fitted with ``--task multilabel``."""
+    return run.config.get("task", "multiclass") == "multilabel"
+
+
 def write_predictions(path: Path, preds: list[SlidePrediction]) -> None:
-    """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided)."""
+    """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided);
+    multilabel: ``slide_id,prob_<target>...,call_<target>...``."""
+    if preds and preds[0].calls is not None:
+        write_panel_predictions(path, [p.slide_id for p in preds], None,
+                                np.stack([p.probs for p in preds]),
+                                np.stack([p.calls for p in preds]), preds[0].classes)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
