@@ -27,6 +27,7 @@ from mil.outputs import require_writable
 from mil.provenance import feature_provenance
 from mil.store import open_store
 from mil.train.config import FitConfig
+from mil.train.conformal import ConformalScores
 from mil.train.crossval import _check_resume, _is_rank_zero, quiet_lightning, train_fold
 from mil.train.data import BagSource
 from mil.train.ensemble import ensemble_probs
@@ -39,6 +40,8 @@ from mil.train.panel_labels import PanelTable, check_targets, read_panel
 from mil.train.panel_metrics import panel_metrics, panel_table
 from mil.train.panel_splits import make_panel_splits
 from mil.train.preflight import check_resumed_inputs, fingerprints, save_inputs
+from mil.train.reliability import describe as describe_calibration
+from mil.train.reliability import panel_calibration, reliability_png
 from mil.train.splits import check_no_leak, load_splits, save_splits
 
 log = logging.getLogger("mil")
@@ -130,13 +133,19 @@ def _summarise(cfg: FitConfig, table: PanelTable, folds: list[Any], results: lis
     rule.save(run_dir)
     cal, cut = cross_fitted(probs, y, fold_of, targets, cfg.calibration, cfg.threshold)
     calls = (cal >= cut).astype(np.int64)
+    after = rule.calibrate(probs)  # (n, T) the rule fitted on all of them, as for new slides
+    calibration = panel_calibration(probs, after, cal, y, targets)
+    reliability_png(run_dir / "reliability.png", calibration["per_target"],
+                    "predicted probability of a positive")
+    ConformalScores.build("multilabel", targets, after, y).save(run_dir)
     write_panel_predictions(run_dir / "predictions.csv", ids, y, probs, calls, targets)
     out: dict[str, Any] = {"task": "multilabel", "targets": targets,
                            "pooled": panel_metrics(y, probs, targets, calls, seed=cfg.seed),
                            "decision": {"temperatures": rule.temperatures,
                                         "thresholds": rule.thresholds,
                                         "note": "balanced_accuracy: each fold called by the "
-                                                "thresholds fitted on the other folds"}}
+                                                "thresholds fitted on the other folds"},
+                           "calibration": calibration}
     if cfg.baselines:
         out["baselines"] = panel_baselines(cfg.store, table.slide_ids, table.y, targets, folds,  # type: ignore[arg-type]
                                            run_dir, cfg.seed)
@@ -158,4 +167,5 @@ def panel_report(out: dict[str, Any]) -> str:
     lines.append("balanced accuracy (cross-fitted thresholds): " + ", ".join(
         f"{t} {bal[t]['balanced_accuracy']:.3f}" for t in out["targets"]
         if bal[t]["balanced_accuracy"] is not None))
+    lines.append(describe_calibration(out["calibration"]))
     return "\n".join(lines)
