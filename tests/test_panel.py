@@ -228,3 +228,20 @@ def test_heatmap_explains_each_targets_branch(panel_run, tmp_path: Path) -> None
         assert a.sum() == pytest.approx(1.0, abs=1e-4)
     assert not np.allclose(seen[0], seen[1])  # each target's own branch
     assert pred.attention.shape[1] == 3
+
+
+def test_multilabel_calibration_and_conformal_per_target(panel_run, tmp_path: Path) -> None:
+    from mil.predict import main
+
+    out = panel_run["out"]
+    m = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert set(m["per_target"]) == set(TARGETS) and "before" in m["macro"]["ece"]
+    assert (out / "reliability.png").is_file()
+    path = tmp_path / "p.csv"
+    assert main([str(out), "--out", str(path), "--conformal", "0.2"]) == 0
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        sets = [r[f"set_{t}"] for t in TARGETS]
+        assert all(s in ("0", "1", "both") for s in sets)
+        assert r["review"] == str(int("both" in sets))

@@ -24,6 +24,7 @@ from mil.errors import CliError
 from mil.store import SlideId, file_name, open_store
 from mil.train.baselines import NAMES, external
 from mil.train.calibration import DecisionRule
+from mil.train.conformal import ConformalScores, multiclass_sets, target_calls
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import LabelTable, read_labels
 from mil.train.metrics import comparison_table, slide_metrics
@@ -149,21 +150,48 @@ def is_multilabel(run: RunDir) -> bool:
     return run.config.get("task", "multiclass") == "multilabel"
 
 
-def write_predictions(path: Path, preds: list[SlidePrediction]) -> None:
+def write_predictions(path: Path, preds: list[SlidePrediction],
+                      extra: dict[str, list[str]] | None = None) -> None:
     """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided);
-    multilabel: ``slide_id,prob_<target>...,call_<target>...``."""
+    multilabel: ``slide_id,prob_<target>...,call_<target>...``; then the ``extra`` columns
+    (name -> one value per prediction, e.g. the conformal sets)."""
+    extra = extra or {}
     if preds and preds[0].calls is not None:
         write_panel_predictions(path, [p.slide_id for p in preds], None,
                                 np.stack([p.probs for p in preds]),
-                                np.stack([p.calls for p in preds]), preds[0].classes)
+                                np.stack([p.calls for p in preds]), preds[0].classes, extra)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["slide_id", "prediction", *(f"prob_{c}" for c in preds[0].classes)])
-        for r in preds:
+        w.writerow(["slide_id", "prediction", *(f"prob_{c}" for c in preds[0].classes), *extra])
+        for i, r in enumerate(preds):
             call = r.call if r.call >= 0 else int(r.probs.argmax())
-            w.writerow([r.slide_id, r.classes[call], *(f"{p:.6f}" for p in r.probs)])
+            w.writerow([r.slide_id, r.classes[call], *(f"{p:.6f}" for p in r.probs),
+                        *(col[i] for col in extra.values())])
+
+
+def conformal_columns(run_dir: str | Path, preds: list[SlidePrediction], alpha: float
+                      ) -> tuple[dict[str, list[str]], str]:
+    """The ``--conformal ALPHA`` columns (multiclass ``prediction_set``; multilabel ``set_<t>``
+    in {0, 1, both}; ``review`` = 1 where a set holds more than one answer) and a note."""
+    sc = ConformalScores.load(run_dir)
+    qs = sc.thresholds(alpha)
+    probs = np.stack([p.probs for p in preds])
+    if sc.task == "multilabel":
+        calls = target_calls(probs, qs)
+        cols = {f"set_{t}": [c[j] for c in calls] for j, t in enumerate(sc.names)}
+        review = [int("both" in c) for c in calls]
+    else:
+        sets = multiclass_sets(probs, sc.names, qs[0])
+        cols = {"prediction_set": ["|".join(s) for s in sets]}
+        review = [int(len(s) > 1) for s in sets]
+    cols["review"] = [str(r) for r in review]
+    n = len(sc.probs)
+    note = (f"conformal sets at ALPHA = {alpha} (coverage >= {1 - alpha:.2f} for slides "
+            f"exchangeable with the run's {n} out-of-fold slides: same cohort); "
+            f"{sum(review)} of {len(preds)} slide(s) flagged for review")
+    return cols, note
 
 
 def write_attention(pred: SlidePrediction, folder: Path, name: str | None = None) -> Path:
