@@ -17,6 +17,7 @@ import numpy as np
 
 from mil.errors import CliError
 from mil.explain.attention import NORMS, SlideAttention, normalise_attention
+from mil.explain.cohort import cohort_section
 from mil.explain.export import SlideExport, export_slide, write_summary
 from mil.explain.occlusion import system_occlusion
 from mil.explain.panel import export_targets, panel_truths
@@ -147,5 +148,7 @@ def export_run(run_dir: str | Path, store: str | Path | None, out: str | Path,
         notes = [f"run {run.path.resolve()}; store {store.resolve()}; images under {root or '.'}",
                  f"colour: {NORMS[opts.norm][2]}; top/bottom {opts.top_k} cells per gallery",
                  f"{missing} cell image(s) missing in total" if missing else "every cell image found"]
-        write_index(stage, rows, title=f"cellmil attention: {run.path.name}", notes=notes)
+        cohort = cohort_section(run.path, rows) if run.is_own_store(store) else ""
+        write_index(stage, rows, title=f"cellmil attention: {run.path.name}", notes=notes,
+                    cohort=cohort)
     return rows
