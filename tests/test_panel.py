@@ -245,3 +245,31 @@ def test_multilabel_calibration_and_conformal_per_target(panel_run, tmp_path: Pa
         sets = [r[f"set_{t}"] for t in TARGETS]
         assert all(s in ("0", "1", "both") for s in sets)
         assert r["review"] == str(int("both" in sets))
+
+
+def test_rerun_reuses_finished_folds(panel_run, tmp_path: Path) -> None:
+    import shutil
+
+    from mil.fit import main
+
+    out = tmp_path / "run"
+    shutil.copytree(panel_run["out"], out)
+    stamps = {k: (out / f"fold_{k}" / "best.ckpt").stat().st_mtime_ns for k in range(3)}
+    argv = [str(panel_run["store"]), "--labels", str(panel_run["labels"]), "--out", str(out),
+            "--task", "multilabel", "--folds", "3", "--epochs", "3", "--batch-size", "4",
+            "--hidden", "8", "--attn-hidden", "4", "--instance-weights", "prior",
+            "--no-progress", "--final-seeds", "1"]
+    assert main(argv) == 0
+    assert {k: (out / f"fold_{k}" / "best.ckpt").stat().st_mtime_ns for k in range(3)} == stamps
+    assert main([*argv[:-2], "--final-seeds", "1", "--loss", "gce"]) == 2  # other settings
+
+
+def test_mean_pooling_multilabel_explains_the_shared_attention() -> None:
+    from mil.explain.panel import target_view
+    from mil.train.ensemble import SlidePrediction
+
+    pred = SlidePrediction("s", np.array([0.8, 0.3]), np.full((4, 1), 0.25), list("abcd"),
+                           list("abcd"), None, ["A", "B"], calls=np.array([1, 0]))
+    sa = target_view(pred, 1, None, None)
+    a, why = sa.explained()
+    assert a.shape == (4,) and "shared by all 2 targets" in why and sa.classes == ["not B", "B"]

@@ -53,12 +53,15 @@ def target_view(pred: SlidePrediction, j: int, truth: str | None, occlusion: np.
     """The two-class view of target ``j`` of one multi-label prediction."""
     t, k = pred.classes[j], len(pred.classes)
     p = float(pred.probs[j])
+    own = pred.attention.shape[1] == k  # a branch per target; else one shared (mean / max)
+    what = (f"the '{t}' branch of a {k}-target multi-label model" if own else
+            f"the attention shared by all {k} targets (single-branch pooling)")
     return SlideAttention(
-        pred.slide_id, [negative(t), t], np.array([1.0 - p, p]), pred.attention[:, j:j + 1],
+        pred.slide_id, [negative(t), t], np.array([1.0 - p, p]),
+        pred.attention[:, j:j + 1] if own else pred.attention[:, :1],
         pred.cell_ids, pred.paths, truth, blast_prob=pred.blast_prob,
         occlusion=None if occlusion is None else occlusion[:, j],
-        call=int(pred.calls[j]), explains=f"explains: the '{t}' branch of a {k}-target "
-                                          f"multi-label model (p({t}) = {p:.3f})", **common)
+        call=int(pred.calls[j]), explains=f"explains: {what} (p({t}) = {p:.3f})", **common)
 
 
 def export_targets(pred: SlidePrediction, occlusion: np.ndarray | None, stage: Path,
