@@ -34,6 +34,8 @@ def test_coverage_over_20_random_splits_is_near_one_minus_alpha(capsys) -> None:
     assert 1.0 < res["set_size_mean"] < 4.0
     low = split_coverage(sc, alpha=0.3, splits=20, seed=0)  # the sets follow ALPHA
     assert low["coverage_mean"] < res["coverage_mean"] and low["set_size_mean"] < res["set_size_mean"]
+    plain = split_coverage(sc, alpha=0.1, splits=20, seed=0, nonempty=False)
+    assert 0.85 <= plain["coverage_mean"] <= 0.95 and plain["coverage_mean"] <= res["coverage_mean"]
     with capsys.disabled():
         print(f"\nconformal, 400 synthetic slides, ALPHA 0.1, 20 splits: coverage "
               f"{res['coverage_mean']:.3f}, mean set size {res['set_size_mean']:.2f}")

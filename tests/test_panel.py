@@ -79,6 +79,14 @@ def test_fit_names_a_bad_value(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no column(s) TP53 for --targets" in error_line(capsys)
 
 
+def test_targets_need_the_multilabel_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mil.fit import main
+
+    assert main([str(tmp_path / "s.h5"), "--labels", str(tmp_path / "l.csv"), "--out",
+                 str(tmp_path / "r"), "--targets", "A,B"]) == 2
+    assert "--targets is for --task multilabel" in error_line(capsys)
+
+
 # -- the masked loss ----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_unknown_labels_carry_no_loss_and_no_gradient(kind: str) -> None:
@@ -273,3 +281,16 @@ def test_mean_pooling_multilabel_explains_the_shared_attention() -> None:
     sa = target_view(pred, 1, None, None)
     a, why = sa.explained()
     assert a.shape == (4,) and "shared by all 2 targets" in why and sa.classes == ["not B", "B"]
+
+
+def test_predict_scores_labelled_slides_per_target(panel_run, tmp_path: Path, capsys) -> None:
+    from mil.predict import main
+
+    out = tmp_path / "p.csv"
+    assert main([str(panel_run["out"]), "--out", str(out), "--test-labels",
+                 str(panel_run["labels"])]) == 0
+    printed = capsys.readouterr().out
+    assert "15 labelled slides" in printed and "LR all cells" in printed
+    m = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert m["mil"]["per_target"]["CEBPA"]["n_known"] == 14
+    assert set(m["baselines"]["lr_all"]["per_target"]) == set(TARGETS)

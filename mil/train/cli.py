@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from mil.cli import Command, run_command, split_ids
-from mil.errors import CliError
 from mil.outputs import require_writable
 from mil.train.config import FitConfig
 
@@ -68,8 +67,6 @@ def _predict(args: argparse.Namespace) -> None:
     require_writable(args.out, "predictions CSV")  # before the models run, not after
     if args.conformal is not None:  # the run's scores and ALPHA, before the models run
         ConformalScores.load(args.run_dir).thresholds(args.conformal)
-    if args.test_labels and RunDir(args.run_dir).config.get("task") == "multilabel":
-        raise CliError("--test-labels is not supported for a --task multilabel run yet")
     if args.attention:
         require_writable(args.attention, "attention folder")
     pred = predict_cohort(args.run_dir, args.store, split_ids(args.slides), args.batch_size,

@@ -87,6 +87,9 @@ class FitConfig:
             (self.max_cells is None or self.max_cells >= 0, "--max-cells must be >= 0"),
             (self.final_seeds >= 0, f"--final-seeds must be >= 0, got {self.final_seeds}"),
         ]
+        if self.targets and self.task != "multilabel":
+            checks.append((False, "--targets is for --task multilabel (one label per slide "
+                                  "takes --classes)"))
         if self.task == "multilabel":
             checks += [(not self.test_labels, "--test-labels is not supported with --task "
                                     "multilabel yet; use mil.predict on the cohort")]

@@ -39,11 +39,13 @@ def quantile(scores: np.ndarray, alpha: float) -> float:
     return float(s[k - 1]) if 1 <= k <= s.size else math.inf
 
 
-def class_sets(probs: np.ndarray, q: float) -> np.ndarray:
-    """(n, C) bool membership: ``1 - p_c <= q``, the top class always in."""
+def class_sets(probs: np.ndarray, q: float, nonempty: bool = True) -> np.ndarray:
+    """(n, C) bool membership: ``1 - p_c <= q``, the top class always in unless ``nonempty``
+    is False (the textbook sets, which may be empty: their coverage is not lifted by it)."""
     p = np.asarray(probs, np.float64)
     member = (1.0 - p) <= q + 1e-12
-    member[np.arange(len(p)), p.argmax(1)] = True
+    if nonempty:
+        member[np.arange(len(p)), p.argmax(1)] = True
     return member
 
 
@@ -115,10 +117,11 @@ def target_calls(probs: np.ndarray, qs: Sequence[float]) -> list[list[str]]:
     return out
 
 
-def split_coverage(sc: ConformalScores, alpha: float, splits: int = 20, seed: int = 0
-                   ) -> dict[str, Any]:
+def split_coverage(sc: ConformalScores, alpha: float, splits: int = 20, seed: int = 0,
+                   nonempty: bool = True) -> dict[str, Any]:
     """Empirical coverage and set size over ``splits`` random calibration/test halves of the
-    stored slides (multilabel: per target, over its known slides, and their mean)."""
+    stored slides (multilabel: per target, over its known slides, and their mean);
+    ``nonempty``: the sets ``mil.predict`` writes (top answer always in), else the textbook ones."""
     rng = np.random.default_rng(seed)
     p = np.asarray(sc.probs, np.float64)
     if sc.task == "multilabel":
@@ -127,23 +130,25 @@ def split_coverage(sc: ConformalScores, alpha: float, splits: int = 20, seed: in
             y = np.array([np.nan if r[j] is None else r[j] for r in sc.labels], np.float64)
             known = ~np.isnan(y)
             two = np.stack([1 - p[known, j], p[known, j]], axis=1)
-            per[t] = _halves(two, y[known].astype(np.int64), alpha, splits, rng)
+            per[t] = _halves(two, y[known].astype(np.int64), alpha, splits, rng, nonempty)
         return {"per_target": per,
                 "coverage_mean": float(np.mean([v["coverage_mean"] for v in per.values()])),
                 "set_size_mean": float(np.mean([v["set_size_mean"] for v in per.values()]))}
-    return _halves(p, np.asarray(sc.labels, np.int64), alpha, splits, rng)
+    return _halves(p, np.asarray(sc.labels, np.int64), alpha, splits, rng, nonempty)
 
 
 def _halves(p: np.ndarray, y: np.ndarray, alpha: float, splits: int,
-            rng: np.random.Generator) -> dict[str, Any]:
-    cov, size = [], []
+            rng: np.random.Generator, nonempty: bool) -> dict[str, Any]:
+    cov, size, empty = [], [], []
     n = len(y)
     scores = 1.0 - p[np.arange(n), y]
     for _ in range(splits):
         perm = rng.permutation(n)
         cal, test = perm[: n // 2], perm[n // 2:]
-        member = class_sets(p[test], quantile(scores[cal], alpha))
+        member = class_sets(p[test], quantile(scores[cal], alpha), nonempty)
         cov.append(float(member[np.arange(len(test)), y[test]].mean()))
         size.append(float(member.sum(1).mean()))
+        empty.append(float((member.sum(1) == 0).mean()))
     return {"coverage_mean": float(np.mean(cov)), "coverage_sd": float(np.std(cov, ddof=1)),
-            "set_size_mean": float(np.mean(size)), "n_slides": int(n), "n_calibration": n // 2}
+            "set_size_mean": float(np.mean(size)), "n_slides": int(n), "n_calibration": n // 2,
+            "empty_share": float(np.mean(empty))}

@@ -71,3 +71,23 @@ def _write(path: Path, ids: list[str], probs: np.ndarray, targets: list[str]) ->
         w.writerow(["slide_id", *(f"prob_{t}" for t in targets)])
         for i, sid in enumerate(ids):
             w.writerow([sid, *(f"{v:.6f}" for v in probs[i])])
+
+
+def panel_external(run_dir: Path, store: Any, slide_ids: Sequence[str], y: np.ndarray,
+                   targets: list[str], cohort: bool) -> dict[str, Any]:
+    """Per-target metrics of the run's final baselines on labelled slides of a cohort ({}
+    when the run kept none)."""
+    path = Path(run_dir) / FOLDER / "models.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    means = slide_means(store, slide_ids)
+    out: dict[str, Any] = {}
+    for name, models in doc.get("models", {}).items():
+        x = means.features(name)
+        if x is None:
+            out[name] = {"skipped": f"the store has no {BLAST_PROB}"}
+            continue
+        p = np.stack([LinearBaseline(**m).probs(x, cohort=cohort)[:, 1] for m in models], axis=1)
+        out[name] = panel_metrics(y, p, targets)
+    return out

@@ -28,8 +28,11 @@ from mil.train.conformal import ConformalScores, multiclass_sets, target_calls
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import LabelTable, read_labels
 from mil.train.metrics import comparison_table, slide_metrics
+from mil.train.panel_baselines import panel_external
 from mil.train.panel_calibration import load_panel_rule
 from mil.train.panel_csv import write_panel_predictions
+from mil.train.panel_labels import read_panel
+from mil.train.panel_metrics import panel_metrics, panel_table
 from mil.train.prevalence import describe, em_prevalence
 from mil.train.rundir import RunDir
 
@@ -130,10 +133,30 @@ def evaluate(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
     return out
 
 
+def panel_labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
+                          labels: str | Path, out: Path) -> str:
+    """A multi-label run on labelled slides (a multilabel CSV): per-target metrics of its calls
+    and of its baselines, written to ``out``; returns the printed table."""
+    targets = pred.slides[0].classes
+    table = read_panel(labels, targets, [p.slide_id for p in pred.slides])
+    at = {p.slide_id: p for p in pred.slides}
+    probs = np.stack([at[s].probs for s in table.slide_ids])
+    calls = np.stack([at[s].calls for s in table.slide_ids])
+    rows = {"MIL": panel_metrics(table.y, probs, targets, calls)}
+    base = panel_external(Path(run_dir), open_store(store), table.slide_ids, table.y, targets,
+                          cohort=pred.standardise == "cohort")
+    rows.update({NAMES[n]: m for n, m in base.items() if "per_target" in m})
+    out.write_text(json.dumps({"notes": pred.notes, "mil": rows["MIL"], "baselines": base},
+                              indent=1) + "\n", encoding="utf-8")
+    return f"{len(table.slide_ids)} labelled slides ({labels}):\n" + panel_table(rows, targets)
+
+
 def labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
                     labels: str | Path, out: Path) -> str:
     """:func:`evaluate` on the slides of ``labels``, written to ``out`` as JSON; returns the
-    printed table."""
+    printed table (multi-label runs: :func:`panel_labelled_report`)."""
+    if pred.slides and pred.slides[0].calls is not None:
+        return panel_labelled_report(run_dir, pred, store, labels, out)
     classes = pred.slides[0].classes
     table = read_labels(labels, classes, [p.slide_id for p in pred.slides])
     m = evaluate(run_dir, pred, store, table)
