@@ -111,3 +111,46 @@ def build_loss(name: str, n_classes: int, **kw: float) -> nn.Module:
         valid = ", ".join(allowed) or "none"
         raise ValueError(f"loss {name!r} got unknown option(s) {', '.join(bad)}; valid: {valid}")
     return cls(n_classes, **kw)
+
+
+# -- multi-label: one sigmoid per target, unknown labels masked -------------------------------
+class MaskedBinaryLoss(nn.Module):
+    """The binary counterparts of :data:`LOSSES` for ``logits (B, T)`` and ``targets (B, T)``
+    holding 1, 0 or NaN (unknown: no loss). ``pos_weight (T,)`` weights the positives of each
+    target (e.g. negatives / positives on the training slides). The result is the weighted mean
+    over the known labels.
+
+    ``ce``: BCE; ``gce``: ``(1 - p_y^q) / q`` with ``p_y = sigmoid(z)`` for a positive and
+    ``1 - sigmoid(z)`` for a negative; ``sce``: ``alpha * BCE + beta * (-A) * (1 - p_y)``;
+    ``smooth``: BCE against ``y (1 - eps) + eps / 2``.
+    """
+
+    def __init__(self, kind: str = "ce", pos_weight: Tensor | None = None, q: float = 0.7,
+                 alpha: float = 0.1, beta: float = 1.0, A: float = -4.0, eps: float = 0.1):
+        super().__init__()
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+        self.kind, self.q, self.alpha, self.beta, self.A, self.eps = kind, q, alpha, beta, A, eps
+        self.register_buffer("pos_weight", None if pos_weight is None
+                             else torch.as_tensor(pos_weight, dtype=torch.float32))
+
+    def per_label(self, z: Tensor, y: Tensor) -> Tensor:  # (B, T), (B, T) in {0, 1} -> (B, T)
+        target = y * (1 - self.eps) + self.eps / 2 if self.kind == "smooth" else y
+        bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")  # (B, T)
+        if self.kind in ("ce", "smooth"):
+            return bce
+        log_py = -F.binary_cross_entropy_with_logits(z, y, reduction="none")  # (B, T) log p_y
+        if self.kind == "gce":
+            return -torch.expm1(self.q * log_py) / self.q
+        return self.alpha * bce + self.beta * (-self.A) * (1.0 - log_py.exp())  # sce
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if logits.shape != targets.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
+        known = ~torch.isnan(targets)  # (B, T)
+        y = torch.nan_to_num(targets.float(), nan=0.0)  # (B, T)
+        loss = self.per_label(logits.float(), y)  # (B, T)
+        w = known.float()  # (B, T)
+        if self.pos_weight is not None:
+            w = w * torch.where(y > 0.5, self.pos_weight.to(w.dtype), torch.ones_like(w))
+        return (w * loss).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)

@@ -68,6 +68,7 @@ class SlideAttention:
     occlusion: np.ndarray | None = None  # (N,) p_full - p_without for the predicted class
     models: str = ""  # which models made probs and attention (stated on the images)
     call: int | None = None  # the run's decision (None: the most probable class)
+    explains: str = ""  # set: attention[:, 0] is explained, with this sentence (a target's branch)
 
     @property
     def predicted(self) -> int:
@@ -75,6 +76,8 @@ class SlideAttention:
 
     def explained(self) -> tuple[np.ndarray, str]:
         """The attention (N,) that explains the prediction, and a sentence saying which."""
+        if self.explains:
+            return self.attention[:, 0], self.explains
         k = self.attention.shape[1]
         pred = self.classes[self.predicted]
         if k == len(self.classes) and k > 1:

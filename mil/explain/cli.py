@@ -49,9 +49,10 @@ def _run(args: argparse.Namespace) -> None:
                           args.occlusion, args.labels, args.batch_size)
     rows = export_run(args.run_dir, args.store, args.out, opts)
     for models in dict.fromkeys(r.models for r in rows):
-        print(f"{models}: {sum(r.models == models for r in rows)} slide(s)")
+        print(f"{models}: {len({r.slide_id for r in rows if r.models == models})} slide(s)")
     missing = sum(r.n_missing for r in rows)
-    print(f"exported {len(rows)} slide(s) -> {args.out / 'index.html'}"
+    views = f" ({len(rows)} target views)" if len(rows) > len({r.slide_id for r in rows}) else ""
+    print(f"exported {len({r.slide_id for r in rows})} slide(s){views} -> {args.out / 'index.html'}"
           + (f" ({missing} cell images missing, drawn as placeholders)" if missing else ""))
 
 

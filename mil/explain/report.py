@@ -102,8 +102,10 @@ def _row(r: SlideExport) -> str:
     return f'<tr class="{"wrong" if wrong else "ok"}">' + "".join(cells) + "</tr>"
 
 
-def render_index(rows: Sequence[SlideExport], *, title: str, notes: Sequence[str] = ()) -> str:
-    """The whole index page as a string."""
+def render_index(rows: Sequence[SlideExport], *, title: str, notes: Sequence[str] = (),
+                 cohort: str = "") -> str:
+    """The whole index page as a string; ``cohort``: the cohort section's HTML
+    (:func:`mil.explain.cohort.cohort_section`), placed first."""
     n_truth = sum(1 for r in rows if r.truth)
     n_right = sum(1 for r in rows if r.truth and r.truth == r.prediction)
     acc = f"{n_right}/{n_truth} correct" if n_truth else "no true labels given"
@@ -117,6 +119,7 @@ def render_index(rows: Sequence[SlideExport], *, title: str, notes: Sequence[str
         f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
+        cohort,
         f'<p class="meta">{len(rows)} slides, {acc}; written {stamp}. Click a column to sort; '
         "click a thumbnail for the full mosaic.</p>",
         notes_html,
@@ -128,8 +131,9 @@ def render_index(rows: Sequence[SlideExport], *, title: str, notes: Sequence[str
 
 
 def write_index(out: Path, rows: Sequence[SlideExport], *, title: str = "cellmil attention export",
-                notes: Sequence[str] = ()) -> Path:
+                notes: Sequence[str] = (), cohort: str = "") -> Path:
     """Write ``out/index.html`` and return its path."""
     path = Path(out) / "index.html"
-    path.write_text(render_index(rows, title=title, notes=notes), encoding="utf-8")
+    path.write_text(render_index(rows, title=title, notes=notes, cohort=cohort),
+                    encoding="utf-8")
     return path

@@ -17,15 +17,17 @@ import numpy as np
 
 from mil.errors import CliError
 from mil.explain.attention import NORMS, SlideAttention, normalise_attention
+from mil.explain.cohort import cohort_section
 from mil.explain.export import SlideExport, export_slide, write_summary
 from mil.explain.occlusion import system_occlusion
+from mil.explain.panel import export_targets, panel_truths
 from mil.explain.report import write_index
 from mil.explain.staging import staged
 from mil.store import file_names, open_store
 from mil.store.images import image_root
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import read_labels
-from mil.train.predict import decided
+from mil.train.predict import decided, is_multilabel
 from mil.train.rundir import RunDir
 
 log = logging.getLogger("mil.heatmap")
@@ -68,11 +70,14 @@ def explain_group(run: RunDir, store: Path, group: ModelGroup, *, occlusion: boo
     results = []
     for pred in preds:
         occ = None
-        if occlusion:
+        if occlusion:  # multilabel: every target's drop, (N, T); else the call's, (N,)
             rows = source.rows[pred.slide_id]
-            occ = np.zeros(len(pred.cell_ids))  # a cell the model never saw changes nothing
-            occ[rows if rows is not None else slice(None)] = system_occlusion(
-                ensemble.systems, *source.get(pred.slide_id), pred.call)
+            targets = range(len(pred.classes)) if pred.calls is not None else [pred.call]
+            occ = np.zeros((len(pred.cell_ids), len(targets)))  # unseen cells change nothing
+            for j, target in enumerate(targets):
+                occ[rows if rows is not None else slice(None), j] = system_occlusion(
+                    ensemble.systems, *source.get(pred.slide_id), target)
+            occ = occ if pred.calls is not None else occ[:, 0]
         results.append((pred, occ))
     return results
 
@@ -115,13 +120,21 @@ def export_run(run_dir: str | Path, store: str | Path | None, out: str | Path,
     unknown = [s for s in slides if s not in st]
     if unknown:
         raise CliError(f"{store}: no slide(s) {', '.join(unknown[:5])}")
-    truth = truths(run, opts.labels)
-    names = file_names(slides)  # distinct on case-insensitive and Windows file systems
+    multilabel = is_multilabel(run)
+    truth = truths(run, opts.labels) if not multilabel else {}
+    panel_truth = panel_truths(run, opts.labels) if multilabel else {}
+    keys = [f"{s} {t}" for s in slides for t in run.config.get("targets") or []]
+    names = file_names(keys if multilabel else slides)  # distinct without case and on Windows
     rows: list[SlideExport] = []
     with staged(out) as stage:  # nothing appears in OUT unless everything was written
         for group in model_groups(run, store, slides):
             for pred, occ in explain_group(run, store, group, occlusion=opts.occlusion,
                                            batch_size=opts.batch_size):
+                if multilabel:
+                    rows += export_targets(pred, occ, stage, panel_truth, names, source=root,
+                                           top_k=opts.top_k, norm=opts.norm, models=group.label,
+                                           coords=st.read(pred.slide_id).coords)
+                    continue
                 sa = SlideAttention(pred.slide_id, pred.classes, pred.probs, pred.attention,
                                     pred.cell_ids, pred.paths, truth.get(pred.slide_id),
                                     st.read(pred.slide_id).coords, pred.blast_prob, occ,
@@ -129,11 +142,13 @@ def export_run(run_dir: str | Path, store: str | Path | None, out: str | Path,
                 rows.append(export_slide(sa, stage, source=root, top_k=opts.top_k,
                                          norm=opts.norm, name=names[pred.slide_id]))
         order = {s: i for i, s in enumerate(slides)}
-        rows.sort(key=lambda r: order[r.slide_id])
+        rows.sort(key=lambda r: order[r.slide_id])  # stable: a slide's targets stay in order
         write_summary(stage, rows)
         missing = sum(r.n_missing for r in rows)
         notes = [f"run {run.path.resolve()}; store {store.resolve()}; images under {root or '.'}",
                  f"colour: {NORMS[opts.norm][2]}; top/bottom {opts.top_k} cells per gallery",
                  f"{missing} cell image(s) missing in total" if missing else "every cell image found"]
-        write_index(stage, rows, title=f"cellmil attention: {run.path.name}", notes=notes)
+        cohort = cohort_section(run.path, rows) if run.is_own_store(store) else ""
+        write_index(stage, rows, title=f"cellmil attention: {run.path.name}", notes=notes,
+                    cohort=cohort)
     return rows

@@ -22,6 +22,11 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    if args.cfg.task == "multilabel":
+        from mil.train.panel_fit import fit_panel
+
+        fit_panel(args.cfg)
+        return
     from mil.train.crossval import fit
 
     fit(args.cfg)
@@ -41,11 +46,17 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help="slide_id,label of (some of) these slides: print and save metrics "
                         "beside the baselines' (OUT with suffix .metrics.json)")
     p.add_argument("--batch-size", type=int, default=8, help="bags per forward pass")
+    p.add_argument("--conformal", type=float, metavar="ALPHA",
+                   help="also write split-conformal prediction sets with 1 - ALPHA coverage, "
+                        "calibrated on the run's out-of-fold slides (valid for slides of the "
+                        "same cohort), and a review flag where a set holds more than one answer")
 
 
 def _predict(args: argparse.Namespace) -> None:
     from mil.store import file_names
+    from mil.train.conformal import ConformalScores
     from mil.train.predict import (
+        conformal_columns,
         labelled_report,
         predict_cohort,
         write_attention,
@@ -54,11 +65,17 @@ def _predict(args: argparse.Namespace) -> None:
     from mil.train.rundir import RunDir
 
     require_writable(args.out, "predictions CSV")  # before the models run, not after
+    if args.conformal is not None:  # the run's scores and ALPHA, before the models run
+        ConformalScores.load(args.run_dir).thresholds(args.conformal)
     if args.attention:
         require_writable(args.attention, "attention folder")
     pred = predict_cohort(args.run_dir, args.store, split_ids(args.slides), args.batch_size,
                           args.models, args.adapt_prevalence)
-    write_predictions(args.out, pred.slides)
+    extra: dict[str, list[str]] = {}
+    if args.conformal is not None:
+        extra, note = conformal_columns(args.run_dir, pred.slides, args.conformal)
+        pred.notes.append(note)
+    write_predictions(args.out, pred.slides, extra)
     if args.attention:
         names = file_names([r.slide_id for r in pred.slides])
         for r in pred.slides:

@@ -22,6 +22,12 @@ class FitConfig:
     labels: Path | None = field(default=None, metadata={"help": "slides CSV: slide_id,label[,patient_id]"})
     out: Path | None = field(default=None, metadata={"help": "run folder"})
     classes: list[str] | None = field(default=None, metadata={"help": "class names in order, comma-separated"})
+    task: Literal["multiclass", "multilabel"] = field(default="multiclass", metadata={
+        "help": "multiclass: one label per slide (slide_id,label); multilabel: a 1/0/empty "
+                "column per target (one attention branch and sigmoid per target)"})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "multilabel: target columns in order, comma-separated (default: every column "
+                "but slide_id/patient_id)"})
     model: Literal["gated", "gated-multibranch", "mean", "max"] = field(default="gated", metadata={"help": "pooling"})
     hidden: int = field(default=128, metadata={"help": "projection width"})
     attn_hidden: int = field(default=128, metadata={"help": "attention MLP width"})
@@ -81,6 +87,12 @@ class FitConfig:
             (self.max_cells is None or self.max_cells >= 0, "--max-cells must be >= 0"),
             (self.final_seeds >= 0, f"--final-seeds must be >= 0, got {self.final_seeds}"),
         ]
+        if self.targets and self.task != "multilabel":
+            checks.append((False, "--targets is for --task multilabel (one label per slide "
+                                  "takes --classes)"))
+        if self.task == "multilabel":
+            checks += [(not self.test_labels, "--test-labels is not supported with --task "
+                                    "multilabel yet; use mil.predict on the cohort")]
         for ok, msg in checks:
             if not ok:
                 raise CliError(msg)

@@ -39,8 +39,9 @@ from mil.errors import CliError
 from mil.provenance import feature_provenance
 from mil.store import open_store
 from mil.train.baselines import NAMES, run_baselines
-from mil.train.calibration import decide_on_oof
+from mil.train.calibration import DecisionRule, cross_fitted, decide_on_oof
 from mil.train.config import RUNTIME_KEYS, FitConfig
+from mil.train.conformal import ConformalScores
 from mil.train.data import BagDataModule, BagSource
 from mil.train.ensemble import ensemble_probs
 from mil.train.final import run_final
@@ -55,6 +56,8 @@ from mil.train.metrics import (
 )
 from mil.train.predict import evaluate, predict_cohort
 from mil.train.preflight import preflight, save_inputs
+from mil.train.reliability import describe as describe_calibration
+from mil.train.reliability import multiclass_calibration, reliability_png
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
 from mil.train.trainer import build_system, build_trainer
 
@@ -105,7 +108,7 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
                        workers=cfg.workers, seed=seed)
-    ctx = {"source": source, "classes": classes, "provenance": provenance}
+    ctx = {"source": source, "classes": classes, "provenance": provenance, "label_of": label_of}
     system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",
                            mode="min", save_top_k=1, save_weights_only=True,
@@ -168,6 +171,22 @@ def _external(cfg: FitConfig, run_dir: Path) -> dict[str, Any]:
     return {**rows["mil"], "models": pred.notes[0], "baselines": rows["baselines"]}
 
 
+def record_calibration(cfg: FitConfig, run_dir: Path, probs: np.ndarray, truth: list[int],
+                       fold_of: list[int], classes: list[str]) -> dict[str, Any]:
+    """ECE and Brier of the out-of-fold predictions before and after the run's temperature
+    (:mod:`mil.train.reliability`), ``reliability.png``, and the conformal scores of the
+    calibrated probabilities (``conformal.json``, :mod:`mil.train.conformal`)."""
+    rule = DecisionRule.load(run_dir)
+    after = rule.calibrate(probs) if rule is not None else np.asarray(probs, np.float64)
+    crossed, _ = cross_fitted(probs, np.asarray(truth), np.asarray(fold_of), classes,
+                              cfg.calibration, cfg.threshold)
+    cal = multiclass_calibration(probs, after, crossed, truth)
+    reliability_png(run_dir / "reliability.png", {"top label, out-of-fold": cal},
+                    "confidence (probability of the most probable class)")
+    ConformalScores.build("multiclass", classes, after, np.asarray(truth)).save(run_dir)
+    return cal
+
+
 def quiet_lightning() -> None:
     """Drop Lightning's banner lines and warnings that do not concern the user."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -220,7 +239,8 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     decision = decide_on_oof(probs, truth, fold_of, table.classes, cfg.calibration,
                              cfg.threshold, run_dir)
     out = {"classes": table.classes, "folds": per_fold, "mean_sd": summarize_folds(per_fold),
-           "pooled": pooled, "decision": decision}
+           "pooled": pooled, "decision": decision,
+           "calibration": record_calibration(cfg, run_dir, probs, truth, fold_of, table.classes)}
     if cfg.baselines:
         out["baselines"] = run_baselines(cfg.store, ctx["slide_ids"], ctx["label_of"], folds,
                                          table.classes, run_dir, cfg.seed)
@@ -245,6 +265,8 @@ def report(out: dict[str, Any]) -> str:
                  f"{d['nll_raw']:.3f} -> {d['nll_calibrated']:.3f}; cross-fitted balanced "
                  f"accuracy {d['cross_fitted']['balanced_accuracy']:.3f} (argmax "
                  f"{out['pooled']['balanced_accuracy']:.3f})")
+    if "calibration" in out:
+        lines.append(describe_calibration(out["calibration"]))
     if "final" in out:
         f = out["final"]
         lines.append(f"final models: {len(f['seeds'])} seed(s) on all {f['n_slides']} labelled "

@@ -145,8 +145,10 @@ def collate_bags(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | No
         feats[j, : lengths[j]] = it["feats"]
         if prob is not None:
             prob[j, : lengths[j]] = it["prob"]
-    return {"feats": feats, "mask": mask, "prob": prob,
-            "label": torch.tensor([it["label"] for it in items], dtype=torch.long),  # (B,)
+    labels = [it["label"] for it in items]
+    label = (torch.from_numpy(np.stack(labels).astype(np.float32))  # (B, T) multilabel, NaN unknown
+             if isinstance(labels[0], np.ndarray) else torch.tensor(labels, dtype=torch.long))  # (B,)
+    return {"feats": feats, "mask": mask, "prob": prob, "label": label,
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}  # (B,)
 
 
@@ -241,8 +243,13 @@ class BagDataModule(pl.LightningDataModule):
     def _loader(self, part: str, train: bool = False) -> DataLoader:
         ds = self.sets[part]
         rank, world = self._rank_world() if part != "test" else (0, 1)
-        sampler = BucketBatchSampler(ds.lengths(), self.batch_size, labels=ds.labels,
-                                     balanced=train, seed=self.seed, rank=rank, world=world)
+        # class-balanced batches for one label per slide; multilabel rows shuffle plainly
+        # (their loss weights the positives instead)
+        single = not ds.labels or not isinstance(ds.labels[0], np.ndarray)
+        sampler = BucketBatchSampler(ds.lengths(), self.batch_size,
+                                     labels=ds.labels if single else None,
+                                     balanced=train and single, shuffle=train, seed=self.seed,
+                                     rank=rank, world=world)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_bags,
                           num_workers=self.workers, persistent_workers=False,
                           multiprocessing_context="fork" if self.workers and os.name == "posix"

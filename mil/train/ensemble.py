@@ -41,6 +41,7 @@ class SlidePrediction:
     blast_prob: Any | None  # (N,) as stored (not tempered), None when absent
     classes: list[str]
     call: int = -1  # class index called by the run's decision rule (-1: not decided yet)
+    calls: Any = None  # multilabel: 0/1 call per target (T,) by the run's rule; else None
 
 
 def load_system(ckpt: str | Path) -> MILSystem:

@@ -48,10 +48,17 @@ def read_labels(path: str | Path, classes: Sequence[str] | None = None,
         slides.append(sid)
         labels.append(index[lab])
         patients.append(r.get("patient_id") or sid)
-    if in_store is not None:
-        known = set(in_store)
-        absent = [s for s in slides if s not in known]
-        if absent:
-            shown = ", ".join(absent[:5]) + (f" (+{len(absent) - 5} more)" if len(absent) > 5 else "")
-            raise CliError(f"{path}: {len(absent)} labelled slide(s) not in the store: {shown}")
+    check_in_store(path, slides, in_store)
     return LabelTable(slides, labels, patients, names)
+
+
+def check_in_store(path: str | Path, slides: Sequence[SlideId],
+                   in_store: Sequence[SlideId] | None) -> None:
+    """A one-line :class:`CliError` naming labelled slides that ``in_store`` lacks."""
+    if in_store is None:
+        return
+    known = set(in_store)
+    absent = [s for s in slides if s not in known]
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" (+{len(absent) - 5} more)" if len(absent) > 5 else "")
+        raise CliError(f"{path}: {len(absent)} labelled slide(s) not in the store: {shown}")

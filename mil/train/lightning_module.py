@@ -21,7 +21,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from mil.losses import build_loss
+from mil.losses import MaskedBinaryLoss, build_loss
 from mil.train.model import MILClassifier, MILOutput, blast_log_prior
 
 
@@ -63,6 +63,8 @@ class MILSystem(pl.LightningModule):
         prior_strength: float = 1.0,
         provenance: dict[str, Any] | None = None,
         standardise: str = "none",
+        task: str = "multiclass",
+        pos_weight: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -70,8 +72,16 @@ class MILSystem(pl.LightningModule):
         n_classes = len(self.classes)
         self.model = MILClassifier(in_dim, n_classes, hidden, attn_hidden, dropout, pooling,
                                    standardise=standardise != "none")
-        self.loss_fn = build_loss(loss, n_classes, **(loss_options or {}))
-        metrics = make_metrics(n_classes)
+        # multilabel (mil.fit --task multilabel): "classes" are the targets, one sigmoid each,
+        # the binary counterpart of the loss over the known labels; no torchmetrics (a target
+        # may have no positive in a batch), model selection reads the validation loss alone
+        self.multilabel = task == "multilabel"
+        if self.multilabel:
+            self.loss_fn = MaskedBinaryLoss(loss, None if pos_weight is None
+                                            else torch.tensor(pos_weight), **(loss_options or {}))
+        else:
+            self.loss_fn = build_loss(loss, n_classes, **(loss_options or {}))
+        metrics = make_metrics(n_classes) if not self.multilabel else MetricCollection({})
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.val_loss = MeanMetric()
@@ -91,8 +101,9 @@ class MILSystem(pl.LightningModule):
         loss = self.loss_fn(out.logits, batch["label"])
         bsz = len(batch["label"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=bsz)
-        self.train_metrics.update(out.logits.float().softmax(-1), batch["label"])
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bsz)
+        if not self.multilabel:
+            self.train_metrics.update(out.logits.float().softmax(-1), batch["label"])
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bsz)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -100,15 +111,18 @@ class MILSystem(pl.LightningModule):
         bsz = len(batch["label"])
         # a torchmetrics mean weighted by bag count: exact over all ranks under DDP
         self.val_loss.update(self.loss_fn(out.logits, batch["label"]), weight=bsz)
-        self.val_metrics.update(out.logits.float().softmax(-1), batch["label"])
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=bsz)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=bsz)
+        if not self.multilabel:
+            self.val_metrics.update(out.logits.float().softmax(-1), batch["label"])
+            self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=bsz)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int = 0,
                      dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per bag, unpadded: ``index``, ``probs (C,)`` and ``attn (n, K)`` (float32, CPU)."""
+        """Per bag, unpadded: ``index``, ``probs (C,)`` (multilabel: one sigmoid per target)
+        and ``attn (n, K)`` (float32, CPU)."""
         out = self(batch)
-        probs = out.logits.float().softmax(-1).cpu()  # (B, C)
+        logits = out.logits.float()  # (B, C)
+        probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).cpu()  # (B, C)
         attn = out.attn.float().cpu()  # (B, N, K)
         lengths = batch["mask"].sum(1).tolist()  # (B,)
         return [{"index": int(batch["index"][j]), "probs": probs[j],

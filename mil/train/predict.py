@@ -24,9 +24,15 @@ from mil.errors import CliError
 from mil.store import SlideId, file_name, open_store
 from mil.train.baselines import NAMES, external
 from mil.train.calibration import DecisionRule
+from mil.train.conformal import ConformalScores, multiclass_sets, target_calls
 from mil.train.ensemble import Ensemble, SlidePrediction
 from mil.train.labels import LabelTable, read_labels
 from mil.train.metrics import comparison_table, slide_metrics
+from mil.train.panel_baselines import panel_external
+from mil.train.panel_calibration import load_panel_rule
+from mil.train.panel_csv import write_panel_predictions
+from mil.train.panel_labels import read_panel
+from mil.train.panel_metrics import panel_metrics, panel_table
 from mil.train.prevalence import describe, em_prevalence
 from mil.train.rundir import RunDir
 
@@ -58,7 +64,18 @@ def decide(run: RunDir, raw: np.ndarray, adapt: bool = False
 def decided(run: RunDir, preds: list[SlidePrediction], adapt: bool = False
             ) -> tuple[np.ndarray, list[str]]:
     """Set each prediction's probabilities and call by :func:`decide`; returns (the fixed
-    rule's calls (n,), notes)."""
+    rule's calls (n,), notes). A multi-label run calibrates and calls each target by its
+    per-target rule (``calls`` (T,) on each prediction; the returned calls are (n, T))."""
+    if is_multilabel(run):
+        if adapt:
+            raise CliError("--adapt-prevalence is for one label per slide; this run is "
+                           "--task multilabel")
+        rule = load_panel_rule(run.path)
+        probs = rule.calibrate(np.stack([p.probs for p in preds]))  # (n, T)
+        calls = rule.calls(probs)  # (n, T)
+        for p, q, c in zip(preds, probs, calls, strict=True):
+            p.probs, p.calls = q, c
+        return calls, [rule.describe()]
     probs, calls, fixed, notes = decide(run, np.stack([p.probs for p in preds]), adapt)
     for p, q, c in zip(preds, probs, calls, strict=True):
         p.probs, p.call = q, int(c)  # float64: an adapted 1 - 1e-7 must not round to a tie
@@ -116,10 +133,30 @@ def evaluate(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
     return out
 
 
+def panel_labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
+                          labels: str | Path, out: Path) -> str:
+    """A multi-label run on labelled slides (a multilabel CSV): per-target metrics of its calls
+    and of its baselines, written to ``out``; returns the printed table."""
+    targets = pred.slides[0].classes
+    table = read_panel(labels, targets, [p.slide_id for p in pred.slides])
+    at = {p.slide_id: p for p in pred.slides}
+    probs = np.stack([at[s].probs for s in table.slide_ids])
+    calls = np.stack([at[s].calls for s in table.slide_ids])
+    rows = {"MIL": panel_metrics(table.y, probs, targets, calls)}
+    base = panel_external(Path(run_dir), open_store(store), table.slide_ids, table.y, targets,
+                          cohort=pred.standardise == "cohort")
+    rows.update({NAMES[n]: m for n, m in base.items() if "per_target" in m})
+    out.write_text(json.dumps({"notes": pred.notes, "mil": rows["MIL"], "baselines": base},
+                              indent=1) + "\n", encoding="utf-8")
+    return f"{len(table.slide_ids)} labelled slides ({labels}):\n" + panel_table(rows, targets)
+
+
 def labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Path,
                     labels: str | Path, out: Path) -> str:
     """:func:`evaluate` on the slides of ``labels``, written to ``out`` as JSON; returns the
-    printed table."""
+    printed table (multi-label runs: :func:`panel_labelled_report`)."""
+    if pred.slides and pred.slides[0].calls is not None:
+        return panel_labelled_report(run_dir, pred, store, labels, out)
     classes = pred.slides[0].classes
     table = read_labels(labels, classes, [p.slide_id for p in pred.slides])
     m = evaluate(run_dir, pred, store, table)
@@ -131,15 +168,53 @@ def labelled_report(run_dir: str | Path, pred: CohortPrediction, store: str | Pa
     return f"{len(table.slide_ids)} labelled slides ({labels}):\n" + comparison_table(rows, classes)
 
 
-def write_predictions(path: Path, preds: list[SlidePrediction]) -> None:
-    """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided)."""
+def is_multilabel(run: RunDir) -> bool:
+    """Whether the run was fitted with ``--task multilabel``."""
+    return run.config.get("task", "multiclass") == "multilabel"
+
+
+def write_predictions(path: Path, preds: list[SlidePrediction],
+                      extra: dict[str, list[str]] | None = None) -> None:
+    """``slide_id,prediction,prob_<class>...`` for every prediction (its call when decided);
+    multilabel: ``slide_id,prob_<target>...,call_<target>...``; then the ``extra`` columns
+    (name -> one value per prediction, e.g. the conformal sets)."""
+    extra = extra or {}
+    if preds and preds[0].calls is not None:
+        write_panel_predictions(path, [p.slide_id for p in preds], None,
+                                np.stack([p.probs for p in preds]),
+                                np.stack([p.calls for p in preds]), preds[0].classes, extra)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["slide_id", "prediction", *(f"prob_{c}" for c in preds[0].classes)])
-        for r in preds:
+        w.writerow(["slide_id", "prediction", *(f"prob_{c}" for c in preds[0].classes), *extra])
+        for i, r in enumerate(preds):
             call = r.call if r.call >= 0 else int(r.probs.argmax())
-            w.writerow([r.slide_id, r.classes[call], *(f"{p:.6f}" for p in r.probs)])
+            w.writerow([r.slide_id, r.classes[call], *(f"{p:.6f}" for p in r.probs),
+                        *(col[i] for col in extra.values())])
+
+
+def conformal_columns(run_dir: str | Path, preds: list[SlidePrediction], alpha: float
+                      ) -> tuple[dict[str, list[str]], str]:
+    """The ``--conformal ALPHA`` columns (multiclass ``prediction_set``; multilabel ``set_<t>``
+    in {0, 1, both}; ``review`` = 1 where a set holds more than one answer) and a note."""
+    sc = ConformalScores.load(run_dir)
+    qs = sc.thresholds(alpha)
+    probs = np.stack([p.probs for p in preds])
+    if sc.task == "multilabel":
+        calls = target_calls(probs, qs)
+        cols = {f"set_{t}": [c[j] for c in calls] for j, t in enumerate(sc.names)}
+        review = [int("both" in c) for c in calls]
+    else:
+        sets = multiclass_sets(probs, sc.names, qs[0])
+        cols = {"prediction_set": ["|".join(s) for s in sets]}
+        review = [int(len(s) > 1) for s in sets]
+    cols["review"] = [str(r) for r in review]
+    n = len(sc.probs)
+    note = (f"conformal sets at ALPHA = {alpha} (coverage >= {1 - alpha:.2f} for slides "
+            f"exchangeable with the run's {n} out-of-fold slides: same cohort); "
+            f"{sum(review)} of {len(preds)} slide(s) flagged for review")
+    return cols, note
 
 
 def write_attention(pred: SlidePrediction, folder: Path, name: str | None = None) -> Path:

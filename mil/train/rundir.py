@@ -5,6 +5,7 @@
     RUN/fold_K/best.ckpt    fold K's model (+ metrics.json, predictions.csv, logs)
     RUN/final/seed_K/model.ckpt, RUN/final/final.json   the models for new slides
     RUN/calibration.json    the decision rule; RUN/baselines/  the baselines
+    RUN/conformal.json      out-of-fold nonconformity scores; RUN/reliability.png
     RUN/predictions.csv     out-of-fold predictions; RUN/metrics.json
 """
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 
@@ -46,11 +47,20 @@ def build_system(cfg: FitConfig, ctx: dict[str, Any], train_slides: Sequence[str
         attn_hidden=cfg.attn_hidden, dropout=cfg.dropout, loss=cfg.loss, lr=cfg.lr,
         weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
         instance_weights=cfg.instance_weights, prior_strength=cfg.prior_strength,
-        provenance=ctx["provenance"], standardise=cfg.standardise)
+        provenance=ctx["provenance"], standardise=cfg.standardise,
+        **({"task": "multilabel", "pos_weight": positive_weights(ctx["label_of"], train_slides)}
+           if cfg.task == "multilabel" else {}))
     if cfg.standardise != Standardise.NONE:
         stats = source_moments(source, train_slides)
         system.model.norm.set_stats(stats.mean, stats.std)
     return system
+
+
+def positive_weights(label_of: dict[str, Any], slides: Sequence[str]) -> list[float]:
+    """Per target, known negatives / known positives over ``slides`` (1 where either is 0)."""
+    y = np.stack([label_of[s] for s in slides])  # (n, T), NaN unknown
+    pos, neg = (y == 1).sum(0), (y == 0).sum(0)  # (T,)
+    return np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0).tolist()
 
 
 def build_trainer(cfg: FitConfig, out_dir: Path, max_epochs: int, callbacks: list[Any],
