@@ -139,3 +139,20 @@ def test_engine_not_installed_is_one_line(tmp_path, cohort, capsys, monkeypatch)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert run(cohort, tmp_path / "f.h5", *TINY, "--engine", "onnxruntime") == 2
     assert '.[cpu]' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_int8_small_batches_run_and_match_large_ones(tmp_path, cohort) -> None:
+    """Batches of 1-4 cells crashed OpenVINO's int8 CPU plugin (SIGSEGV); they are padded now.
+    Run in a child process, so that a crash fails this test instead of ending the session."""
+    import subprocess
+
+    stores = {}
+    for bs in (1, 8):
+        stores[bs] = tmp_path / f"bs{bs}.h5"
+        done = subprocess.run([sys.executable, "-m", "mil.extract", str(cohort), str(stores[bs]),
+                               *TINY, "--engine", "openvino", "--precision", "int8",
+                               "--calibration-cells", "12", "--batch-size", str(bs)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(features(stores[1]), features(stores[8]))
