@@ -78,8 +78,11 @@ def test_extract_records_stain_norm_and_refuses_mixing(tmp_path: Path, capsys) -
         (root / f"s{s}").mkdir(parents=True)
         for j, im in enumerate(crops(Stain(gain=gain), n=4, seed=s)):
             Image.fromarray(im).save(root / f"s{s}" / f"c{j}.png")
-    assert main([str(root), str(tmp_path / "plain.h5"), *TINY]) == 0
+    assert main([str(root), str(tmp_path / "plain.h5"), "--stain-norm", "none", *TINY]) == 0
     assert main([str(root), str(tmp_path / "slide.h5"), "--stain-norm", "reinhard-slide", *TINY]) == 0
+    assert main([str(root), str(tmp_path / "default.h5"), *TINY]) == 0
+    with open_store(tmp_path / "default.h5") as d:
+        assert d.attrs["stain_norm"].startswith("od-slide(od=0.2444,0.6213,0.1972)")  # the default
     with open_store(tmp_path / "plain.h5") as a, open_store(tmp_path / "slide.h5") as b:
         assert a.attrs["stain_norm"] == "none"
         assert b.attrs["stain_norm"].startswith("reinhard-slide(mean=-0.2413")

@@ -40,9 +40,10 @@ class ExtractConfig:
         "help": "compiled engines: decode the next batch while the engine runs this one"})
     calibration_cells: int = field(default=300, metadata={
         "help": "int8: cohort cells that calibrate the quantisation", "metavar": "N"})
-    stain_norm: Literal["none", "od-slide", "reinhard", "reinhard-slide"] = field(default="none", metadata={
-        "help": "colour-normalise crops before the backbone: od-slide = one optical-density gain per "
-                "channel and slide; reinhard = Lab colour transfer per crop (-slide: per slide)"})
+    stain_norm: Literal["none", "od-slide", "reinhard", "reinhard-slide"] = field(default="od-slide", metadata={
+        "help": "colour-normalise crops before the backbone: od-slide (default) = one "
+                "optical-density gain per channel and slide; reinhard = Lab colour transfer per "
+                "crop (-slide: per slide); none (experiments/cross_cohort)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     devices: int = field(default=1, metadata={"help": "processes per node (DDP when > 1)"})
     num_nodes: int = field(default=1, metadata={"help": "machines (DDP, e.g. under SLURM)"})
