@@ -115,3 +115,28 @@ def test_external_cohort_with_the_fold_ensemble(fit_run, tmp_path: Path):
     assert [r["truth"] for r in rows] == ["B", "A", "B"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["external"]["n_slides"] == 3
+
+
+@pytest.mark.parametrize(("accelerator", "tuned"), [("cpu", True), ("gpu", False)])
+def test_cpu_training_keeps_freed_buffers_on_the_heap(tmp_path: Path, monkeypatch, accelerator,
+                                                       tuned):
+    """On the CPU, mil.fit raises glibc's mmap threshold before the bags are loaded (no page
+    faults per batch); elsewhere it leaves the allocator alone."""
+    from mil.train import crossval
+    from mil.train.config import FitConfig
+    from tests.conftest import make_labelled_store
+
+    calls = []
+    monkeypatch.setattr(crossval, "keep_freed_memory", lambda: calls.append(1) or True)
+
+    def stop(*a, **k):
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(crossval, "BagSource", stop)
+    st, labels = make_labelled_store(tmp_path / "s.h5")
+    st.close()
+    cfg = FitConfig(store=tmp_path / "s.h5", labels=labels, out=tmp_path / "run",
+                    accelerator=accelerator, folds=3)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        crossval.fit(cfg)
+    assert calls == ([1] if tuned else [])

@@ -34,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+from mil.allocator import keep_freed_memory
 from mil.config import config_dict, load_yaml, save_config
 from mil.errors import CliError
 from mil.provenance import feature_provenance
@@ -59,7 +60,7 @@ from mil.train.preflight import preflight, save_inputs
 from mil.train.reliability import describe as describe_calibration
 from mil.train.reliability import multiclass_calibration, reliability_png
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
-from mil.train.trainer import build_system, build_trainer
+from mil.train.trainer import batch_dtype, build_system, build_trainer, on_cpu
 
 log = logging.getLogger("mil")
 
@@ -107,7 +108,7 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
-                       workers=cfg.workers, seed=seed)
+                       workers=cfg.workers, seed=seed, feature_dtype=batch_dtype(cfg))
     ctx = {"source": source, "classes": classes, "provenance": provenance, "label_of": label_of}
     system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",
@@ -200,6 +201,8 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     """Run the whole cross-validation; returns metrics.json's content (None off rank 0)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if on_cpu(cfg):
+        keep_freed_memory()  # the batches' buffers stay on the heap: no page faults per step
     quiet_lightning()
     run_dir = Path(cfg.out)
     store = open_store(cfg.store)
