@@ -80,6 +80,12 @@ def test_fit_benchmark_rows_and_ratios(tmp_path: Path, one_thread: None) -> None
     assert r["padded_over_ceiling"] == pytest.approx(q["median"])
     assert r["bs1_epoch_s"] > 0 and r["stream"]["peak_rss_mb"] > 0
     assert r["stream"]["ru_maxrss_mb"] > 0 and r["preload"]["cpu_s"] > 0
+    assert r["malloc_tuned"] is True  # as mil.fit on the CPU
+    assert bench.main(["fit", "--bags", "4", "--cells", "3", "--dim", "8", "--batch-size", "2",
+                       "--rounds", "1", "--no-stream", "--no-legacy", "--no-malloc-tuning",
+                       "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["malloc_tuned"] is False and set(r["ratios"]) == {"padded/ceiling"}
     assert bench.main(["fit", "--rounds", "0"]) == 2
 
 

@@ -34,18 +34,11 @@ def make_model(dim: int, classes: int, seed: int = 0) -> Any:
     return MILClassifier(dim, classes, hidden=128, attn_hidden=128, dropout=0.25)
 
 
-def epoch(model: Any, batches: Iterable[dict[str, Any]], device: Any = None,
-          precision: str = "32", warmup: int = 0) -> dict[str, float]:
-    """Train ``model`` one epoch over ``batches``; seconds and minor page faults per step.
-
-    ``warmup`` batches run first and are not timed (kernels chosen, buffers allocated).
-    ``device`` (default CPU): batches move there (non-blocking from pinned memory) inside the
-    timed loop; ``precision`` ``bf16`` runs the step under bf16 autocast.
-    """
+def _stepper(model: Any, device: Any, precision: str) -> Any:
+    """A function training ``model`` on one batch (forward, loss, backward, AdamW step)."""
     import torch
     import torch.nn.functional as F
 
-    device = torch.device(device or "cpu")
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -60,20 +53,52 @@ def epoch(model: Any, batches: Iterable[dict[str, Any]], device: Any = None,
         loss.backward()
         opt.step()
 
-    it: Iterator[dict[str, Any]] = iter(batches)
-    for _ in range(warmup):
-        step(next(it))
+    return step
+
+
+def interleaved(rows: dict[str, tuple[Any, Iterable[dict[str, Any]]]], device: Any = None,
+                precision: str = "32", warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Train each row's model one epoch over its batches, the rows' steps interleaved (a step
+    of each in turn), so a shared machine's slow and fast spells fall on every row alike.
+
+    A row's time is its own steps': fetching the batch from its loader (collate, cast) and
+    the training step. The first ``warmup`` batches of each row are not timed (kernels chosen,
+    buffers allocated). ``device`` (default CPU): batches move there (non-blocking from pinned
+    memory) inside the clock; ``precision`` ``bf16`` runs the steps under bf16 autocast.
+    Returns per row: seconds, timed steps, minor page faults per step.
+    """
+    import torch
+
+    device = torch.device(device or "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    live = {name: (_stepper(model, device, precision), iter(batches))
+            for name, (model, batches) in rows.items()}
+    for step, it in live.values():
+        for _ in range(warmup):
+            step(next(it))
     sync()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t0, steps = time.perf_counter(), 0
-    for batch in it:
-        step(batch)
-        steps += 1
-    sync()
-    secs = time.perf_counter() - t0
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return {"seconds": secs, "steps": steps, "faults_per_step": faults / max(steps, 1)}
+    res = {name: {"seconds": 0.0, "steps": 0, "faults": 0} for name in live}
+    while live:
+        for name, (step, it) in list(live.items()):
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                del live[name]
+                continue
+            step(batch)
+            sync()
+            r = res[name]
+            r["seconds"] += time.perf_counter() - t0
+            r["faults"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            r["steps"] += 1
+    return {name: {"seconds": r["seconds"], "steps": r["steps"],
+                   "faults_per_step": r["faults"] / max(r["steps"], 1)} for name, r in res.items()}
+
+
+def epoch(model: Any, batches: Iterable[dict[str, Any]], device: Any = None,
+          precision: str = "32", warmup: int = 0) -> dict[str, float]:
+    """One row of :func:`interleaved`: ``model`` one epoch over ``batches``."""
+    return interleaved({"row": (model, batches)}, device, precision, warmup)["row"]
 
 
 class RamSource:

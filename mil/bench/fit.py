@@ -13,11 +13,14 @@ them), the same gated-attention model (AdamW step per batch) in every row:
 (ac) with ``--compile``: (a) with the model under ``torch.compile`` (its compile time apart);
 (b) a batch-size-1 loop (how CLAM and SCEMILA train), once. Speedup = (b) / (a).
 
-(d), (a), (a0), (ac) alternate for ``--rounds`` rounds (a shared machine's slow spells fall on
-all); each round's first batch is not timed. Figures are seconds per epoch (per-step time x
-steps); a row's headline is its best round, padded/ceiling the median of the rounds' ratios.
+(d), (a), (a0), (ac) train their epochs with their steps interleaved (a step of each in turn,
+:func:`mil.bench.epochs.interleaved`), so a shared machine's slow and fast spells fall on every
+row alike, for ``--rounds`` rounds; each row's first batch is not timed. Figures are seconds
+per epoch (per-step time x steps); a row's headline is its best round, padded/ceiling the
+median of the rounds' ratios (1.0 = at the ceiling).
 The process keeps freed buffers on the heap as ``mil.fit`` does on the CPU (page faults per
-step are reported). Then the same bags are written to an HDF5 store and, in a fresh subprocess
+step are reported; ``--no-malloc-tuning`` leaves glibc's defaults, as before issue 16, so (a0)
+of such a run is the whole old path). Then the same bags are written to an HDF5 store and, in a fresh subprocess
 per mode, one epoch reads them with ``stream=True`` and with the default preload (peak RSS).
 
 ``--quick`` shrinks everything (200 bags x 200 cells x 256 dims) for a smoke run.
@@ -38,6 +41,7 @@ from mil.bench.epochs import (
     RamSource,
     dense_batches,
     epoch,
+    interleaved,
     make_model,
     run_child,
     single_loader,
@@ -57,8 +61,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", action="store_true", help="skip the HDF5 peak-RAM part")
     p.add_argument("--no-compare", action="store_true", help="skip the padded vs bs1 part")
     p.add_argument("--quick", action="store_true", help="200 bags x 200 cells x 256 dims")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of (d), (a), (a0)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of (d), (a), (a0) interleaved")
     p.add_argument("--no-legacy", action="store_true", help="skip (a0), the pre-issue-16 path")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc's allocator as it is (mil.fit before issue 16)")
     p.add_argument("--compile", action="store_true", help="also (ac): the model under torch.compile")
     p.add_argument("--dir", default=None, help="where to write the HDF5 store (default: temp)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,8 +89,8 @@ def write_store(path: Path, feats: Any, dim: int, bags: int | None = None) -> No
 
 
 def _rows(args: argparse.Namespace, feats: np.ndarray, ids: list[str], labels: list[int]
-          ) -> dict[str, Any]:
-    """name -> a callable timing one round of that row."""
+          ) -> tuple[Any, dict[str, float]]:
+    """A callable timing one round (all rows interleaved), and setup figures (compile time)."""
     import torch
 
     from mil.bench.legacy import legacy_model
@@ -93,26 +99,30 @@ def _rows(args: argparse.Namespace, feats: np.ndarray, ids: list[str], labels: l
     steps = len(train_loader(source, ids, labels, args.batch_size, torch.float32))
     dense = torch.from_numpy(feats).float()  # (B, N, D) float32, cast before the clock
     dense_labels = torch.tensor(labels)  # (B,)
-    rows: dict[str, Any] = {
-        "ceiling": lambda: epoch(make_model(args.dim, args.classes), dense_batches(
-            dense, dense_labels, args.batch_size, steps), warmup=1),
-        "padded": lambda: epoch(make_model(args.dim, args.classes), train_loader(
-            source, ids, labels, args.batch_size, torch.float32), warmup=1),
-    }
-    if not args.no_legacy:
-        rows["legacy"] = lambda: epoch(legacy_model(make_model(args.dim, args.classes)),
-                                       train_loader(source, ids, labels, args.batch_size, None),
-                                       warmup=1)
+    setup: dict[str, float] = {}
+    compiled = None
     if args.compile:
         compiled = torch.compile(make_model(args.dim, args.classes))
         t0 = time.perf_counter()
-        epoch(compiled, train_loader(source, ids[:args.batch_size * 2],
-                                     labels[:args.batch_size * 2], args.batch_size,
+        two = args.batch_size * 2
+        epoch(compiled, train_loader(source, ids[:two], labels[:two], args.batch_size,
                                      torch.float32))
-        rows["_compile_s"] = time.perf_counter() - t0
-        rows["compiled"] = lambda: epoch(compiled, train_loader(
-            source, ids, labels, args.batch_size, torch.float32), warmup=1)
-    return rows
+        setup["compile_s"] = time.perf_counter() - t0
+
+    def one_round() -> dict[str, dict[str, float]]:
+        rows = {"ceiling": (make_model(args.dim, args.classes),
+                            dense_batches(dense, dense_labels, args.batch_size, steps)),
+                "padded": (make_model(args.dim, args.classes),
+                           train_loader(source, ids, labels, args.batch_size, torch.float32))}
+        if not args.no_legacy:
+            rows["legacy"] = (legacy_model(make_model(args.dim, args.classes)),
+                              train_loader(source, ids, labels, args.batch_size, None))
+        if compiled is not None:
+            rows["compiled"] = (compiled, train_loader(source, ids, labels, args.batch_size,
+                                                       torch.float32))
+        return interleaved(rows)
+
+    return one_round, setup
 
 
 def _per_epoch(r: dict[str, float], steps: int) -> float:
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.bags, args.cells, args.dim = 200, 200, 256
     if args.threads:
         torch.set_num_threads(args.threads)
-    tuned = keep_freed_memory()  # as mil.fit does on the CPU
+    tuned = False if args.no_malloc_tuning else keep_freed_memory()  # as mil.fit does on the CPU
     rng = np.random.default_rng(args.seed)
     feats = rng.standard_normal((args.bags, args.cells, args.dim), dtype=np.float32)
     feats = feats.astype(np.float16)  # (B, N, D) float16 in RAM
@@ -143,19 +153,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not args.no_compare:
         steps = -(-args.bags // args.batch_size)
-        rows = _rows(args, feats, ids, labels)
-        if "_compile_s" in rows:
-            res["compile_s"] = rows.pop("_compile_s")
-        got: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
-        for _ in range(args.rounds):  # alternating: a slow spell of the machine hits every row
-            for name, measure in rows.items():
-                got[name].append(measure())
+        one_round, setup = _rows(args, feats, ids, labels)
+        res.update(setup)
+        got: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for name, r in one_round().items():
+                got.setdefault(name, []).append(r)
         for name, rounds in got.items():
             per = [_per_epoch(r, steps) for r in rounds]
             res[name] = {"epoch_s": min(per), "rounds_epoch_s": per,
                          "faults_per_step": rounds[-1]["faults_per_step"]}
         res["ratios"] = {f"{name}/ceiling": _paired(got["ceiling"], got[name], steps)
-                         for name in rows if name != "ceiling"}
+                         for name in got if name != "ceiling"}
         t_one = epoch(make_model(args.dim, args.classes),
                       single_loader(RamSource(feats), ids, labels))["seconds"]
         res.update(padded_epoch_s=res["padded"]["epoch_s"], bs1_epoch_s=t_one,
@@ -216,7 +225,7 @@ def markdown(r: dict[str, Any]) -> list[tuple[str, str]]:
         parts = [f"{ROWS[k].split(')')[0]}) {r[k]['epoch_s']:.2f} s" for k in ROWS if k in r]
         ratios = ", ".join(f"{k} {v['median']:.2f} x" for k, v in r["ratios"].items())
         rows.append((f"fit epoch, {r['bags']:,} bags x {r['cells']} x {r['dim']}, "
-                     f"{r['rounds']} alternating rounds (load {r['load_avg_1min']:.1f})",
+                     f"{r['rounds']} rounds of interleaved steps (load {r['load_avg_1min']:.1f})",
                      f"{', '.join(parts)}; {ratios}; (b) batch-size-1 loop {r['bs1_epoch_s']:.2f} s "
                      f"({r['speedup']:.1f} x slower than (a))"))
     if "stream" in r:
