@@ -114,12 +114,18 @@ class RamSource:
 
 
 def train_loader(source: Any, ids: list[str], labels: list[int], batch_size: int,
-                 feature_dtype: Any, pin: bool = False) -> Any:
-    """The training loader of ``mil.fit`` (length-bucketed, class-balanced padded batches)."""
+                 path: str = "cpu", pin: bool = False) -> Any:
+    """The training loader of ``mil.fit`` (length-bucketed, class-balanced padded batches),
+    collated as ``mil.fit`` does on the CPU (``path="cpu"``: float32, one copy thread), on a
+    GPU (``"gpu"``: float16) or before issue 16 (``"legacy"``: float16, the torch threads)."""
+    from mil.train.config import FitConfig
     from mil.train.data import BagDataModule
+    from mil.train.trainer import batch_dtype, copy_threads
 
+    cfg = FitConfig(accelerator="gpu" if path == "gpu" else "cpu")
+    dtype, threads = (None, None) if path == "legacy" else (batch_dtype(cfg), copy_threads(cfg))
     dm = BagDataModule(source, dict(zip(ids, labels, strict=True)), ids, [],
-                       batch_size=batch_size, feature_dtype=feature_dtype)
+                       batch_size=batch_size, feature_dtype=dtype, copy_threads=threads)
     loader = dm.train_dataloader()
     loader.pin_memory = pin
     return loader
@@ -160,7 +166,6 @@ def peak_rss_mb() -> float:
 
 def store_epoch(store: str, batch_size: int, classes: int, stream: bool) -> None:
     """Subprocess body: one (warmed-up) epoch from ``store``; prints its figures as JSON."""
-    import torch
 
     from mil.allocator import keep_freed_memory
     from mil.store import open_store
@@ -170,7 +175,7 @@ def store_epoch(store: str, batch_size: int, classes: int, stream: bool) -> None
     ids = open_store(store).slides()
     labels = [i % classes for i in range(len(ids))]
     source = BagSource(store, ids, stream=stream)
-    loader = train_loader(source, ids, labels, batch_size, torch.float32)
+    loader = train_loader(source, ids, labels, batch_size)
     res = epoch(make_model(source.feature_dim, classes), loader, warmup=1)
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "epoch_s": res["seconds"],
                       "steps": res["steps"]}))

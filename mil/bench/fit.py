@@ -7,9 +7,10 @@ them), the same gated-attention model (AdamW step per batch) in every row:
 (d) ceiling: forward + backward + optimiser step on views of one dense, pre-cast float32 tensor
     of the same total size: no loader, no collate, no cast, no padding, the same steps;
 (a) padded: ``mil.fit``'s training loader (length-bucketed, class-balanced batches of
-    ``--batch-size``, collated to float32 on the CPU) into the model;
+    ``--batch-size``, collated to float32 with one copy thread, as on the CPU) into the model;
 (a0) before issue 16 (``--no-legacy`` skips it): V and U as two GEMMs, the pool masking again,
-    float16 batches cast inside the model; same process, same allocator settings;
+    float16 batches copied with the torch threads and cast inside the model; same process,
+    same allocator settings;
 (ac) with ``--compile``: (a) with the model under ``torch.compile`` (its compile time apart);
 (b) a batch-size-1 loop (how CLAM and SCEMILA train), once. Speedup = (b) / (a).
 
@@ -96,7 +97,7 @@ def _rows(args: argparse.Namespace, feats: np.ndarray, ids: list[str], labels: l
     from mil.bench.legacy import legacy_model
 
     source = RamSource(feats)
-    steps = len(train_loader(source, ids, labels, args.batch_size, torch.float32))
+    steps = len(train_loader(source, ids, labels, args.batch_size))
     dense = torch.from_numpy(feats).float()  # (B, N, D) float32, cast before the clock
     dense_labels = torch.tensor(labels)  # (B,)
     setup: dict[str, float] = {}
@@ -105,21 +106,19 @@ def _rows(args: argparse.Namespace, feats: np.ndarray, ids: list[str], labels: l
         compiled = torch.compile(make_model(args.dim, args.classes))
         t0 = time.perf_counter()
         two = args.batch_size * 2
-        epoch(compiled, train_loader(source, ids[:two], labels[:two], args.batch_size,
-                                     torch.float32))
+        epoch(compiled, train_loader(source, ids[:two], labels[:two], args.batch_size))
         setup["compile_s"] = time.perf_counter() - t0
 
     def one_round() -> dict[str, dict[str, float]]:
         rows = {"ceiling": (make_model(args.dim, args.classes),
                             dense_batches(dense, dense_labels, args.batch_size, steps)),
                 "padded": (make_model(args.dim, args.classes),
-                           train_loader(source, ids, labels, args.batch_size, torch.float32))}
+                           train_loader(source, ids, labels, args.batch_size))}
         if not args.no_legacy:
             rows["legacy"] = (legacy_model(make_model(args.dim, args.classes)),
-                              train_loader(source, ids, labels, args.batch_size, None))
+                              train_loader(source, ids, labels, args.batch_size, "legacy"))
         if compiled is not None:
-            rows["compiled"] = (compiled, train_loader(source, ids, labels, args.batch_size,
-                                                       torch.float32))
+            rows["compiled"] = (compiled, train_loader(source, ids, labels, args.batch_size))
         return interleaved(rows)
 
     return one_round, setup

@@ -88,7 +88,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
 
     ceiling = run(make_model(args.dim, 4), dense_batches(dense, dense_labels, args.batch_size, steps))
     padded = run(make_model(args.dim, 4),
-                 train_loader(source, ids, labels, args.batch_size, None, pin=pin))
+                 train_loader(source, ids, labels, args.batch_size, "gpu", pin=pin))
     bs1 = run(make_model(args.dim, 4), single_loader(source, ids, labels, pin=pin))
     return {"bags": args.bags, "cells": args.bag_cells, "dim": args.dim,
             "batch_size": args.batch_size, "precision": "bf16", "pin_memory": pin,

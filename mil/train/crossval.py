@@ -60,7 +60,7 @@ from mil.train.preflight import preflight, save_inputs
 from mil.train.reliability import describe as describe_calibration
 from mil.train.reliability import multiclass_calibration, reliability_png
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
-from mil.train.trainer import batch_dtype, build_system, build_trainer, on_cpu
+from mil.train.trainer import batch_dtype, build_system, build_trainer, copy_threads, on_cpu
 
 log = logging.getLogger("mil")
 
@@ -108,7 +108,8 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
-                       workers=cfg.workers, seed=seed, feature_dtype=batch_dtype(cfg))
+                       workers=cfg.workers, seed=seed, feature_dtype=batch_dtype(cfg),
+                       copy_threads=copy_threads(cfg))
     ctx = {"source": source, "classes": classes, "provenance": provenance, "label_of": label_of}
     system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",

@@ -38,6 +38,13 @@ def batch_dtype(cfg: FitConfig) -> torch.dtype | None:
     return torch.float32 if on_cpu(cfg) else None
 
 
+def copy_threads(cfg: FitConfig) -> int | None:
+    """Torch threads for collating a batch: 1 on the CPU, where the copies run between the
+    model's steps on the same cores and a parallel region per bag stalls whenever another
+    process holds a core (:func:`mil.train.data.collate_bags`); else as they are."""
+    return 1 if on_cpu(cfg) else None
+
+
 def loggers(out_dir: Path) -> list[Any]:
     """A CSV logger, and TensorBoard's when it is installed."""
     out: list[Any] = [CSVLogger(str(out_dir), name="logs", version="")]
