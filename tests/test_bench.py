@@ -129,7 +129,8 @@ def test_scale_benchmark_quick(tmp_path: Path, one_thread: None) -> None:
     assert [p["bags"] for p in f["by_bags"]] == [4, 8] and [p["cells"] for p in f["by_cells"]] == [4, 8]
     assert f["by_cells"][0] == f["by_bags"][0]  # 4 x 4 is measured once
     assert r["dim"] == 64  # the quick size where no flag was given
-    assert all(p["peak_rss_mb"] > 0 and p["ru_maxrss_mb"] > 0 for p in f["by_bags"])
+    assert all(p["peak_rss_mb"] > 0 and p["ru_maxrss_mb"] > 0 and p["epoch_s"] > 0
+               for p in f["by_bags"] + f["by_cells"])
     from mil.bench.scale import exponent
 
     assert f["exponents"]["stream_rss_vs_bags"] == pytest.approx(
