@@ -24,6 +24,19 @@ step are reported; ``--no-malloc-tuning`` leaves glibc's defaults, as before iss
 of such a run is the whole old path). Then the same bags are written to an HDF5 store and, in a fresh subprocess
 per mode, one epoch reads them with ``stream=True`` and with the default preload (peak RSS).
 
+Notes from the 2-core development machine (shared, load 3-10). The epoch is arithmetic: the
+first projection (D -> 128) alone costs 3 x 2 x bags x cells x D x 128 FLOPs, 0.49 TFLOP at the
+default sizes, and dropout's random masks (``bernoulli_``) take a large share of the rest, in
+the ceiling as much as in (a). What separated (a) from (d) before issue 16 was not arithmetic:
+every per-bag copy of the collate is its own parallel region, and on a CPU shared with other
+processes each region waits for its slowest thread (16 bags of 500 x 1,280: 189 ms with 2
+threads at load 8, 5.7 ms with 1), then a second pass cast float16 to float32 inside the model
+into a fresh 41 MB buffer; glibc maps such buffers afresh and faults them in again every
+step (6,900-8,700 minor page faults per step with ``--no-malloc-tuning``, 1 without). ``mil.fit`` on the CPU now collates on one thread straight into float32 and
+keeps freed buffers on the heap. ``torch.compile`` (inductor, CPU) was slower than eager here
+(``--compile``; not enabled), and fusing V and U into one GEMM is a small share (the attention
+works on 128 dims, the projection on 1,280).
+
 ``--quick`` shrinks everything (200 bags x 200 cells x 256 dims) for a smoke run.
 """
 
@@ -223,8 +236,10 @@ def markdown(r: dict[str, Any]) -> list[tuple[str, str]]:
     if "speedup" in r:
         parts = [f"{ROWS[k].split(')')[0]}) {r[k]['epoch_s']:.2f} s" for k in ROWS if k in r]
         ratios = ", ".join(f"{k} {v['median']:.2f} x" for k, v in r["ratios"].items())
+        glibc = "" if r.get("malloc_tuned", True) else ", glibc's allocator defaults"
         rows.append((f"fit epoch, {r['bags']:,} bags x {r['cells']} x {r['dim']}, "
-                     f"{r['rounds']} rounds of interleaved steps (load {r['load_avg_1min']:.1f})",
+                     f"{r['rounds']} rounds of interleaved steps{glibc} (load "
+                     f"{r['load_avg_1min']:.1f})",
                      f"{', '.join(parts)}; {ratios}; (b) batch-size-1 loop {r['bs1_epoch_s']:.2f} s "
                      f"({r['speedup']:.1f} x slower than (a))"))
     if "stream" in r:

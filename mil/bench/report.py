@@ -41,8 +41,8 @@ def markdown(results: dict[str, Any], benchmarks: dict[str, str]) -> str:
     """The markdown table of every benchmark in ``results`` (in ``benchmarks`` order)."""
     m = results.get("machine") or {}
     lines = [f"Measured on {m.get('cpu', '?')} ({m.get('cores', '?')} cores, "
-             f"{m.get('gpu') or 'no GPU'}), load average {m.get('load_avg_1min', 0):.1f} at the "
-             f"start, {m.get('date', '?')}, torch {m.get('torch', '?')}, cellmil "
+             f"{m.get('gpu') or 'no GPU'}), 1-minute load average {m.get('load_avg_1min', 0):.1f} "
+             f"when the record was taken, {m.get('date', '?')}, torch {m.get('torch', '?')}, cellmil "
              f"{m.get('cellmil', '?')}:", "", "| benchmark | figure |", "| --- | --- |"]
     for name, module in benchmarks.items():
         if name not in results:
