@@ -172,7 +172,8 @@ def store_epoch(store: str, batch_size: int, classes: int, stream: bool) -> None
     from mil.store import open_store
     from mil.train.data import BagSource
 
-    keep_freed_memory()  # as mil.fit does on the CPU
+    if not stream:
+        keep_freed_memory()  # as mil.fit does on the CPU when it does not stream
     ids = open_store(store).slides()
     labels = [i % classes for i in range(len(ids))]
     source = BagSource(store, ids, stream=stream)

@@ -202,8 +202,6 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     """Run the whole cross-validation; returns metrics.json's content (None off rank 0)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if on_cpu(cfg):
-        keep_freed_memory()  # the batches' buffers stay on the heap: no page faults per step
     quiet_lightning()
     run_dir = Path(cfg.out)
     store = open_store(cfg.store)
@@ -220,6 +218,11 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     ctx = {"label_of": table.label_of(), "classes": table.classes, "weights": weights,
            "provenance": provenance, "slide_ids": table.slide_ids,
            "source": BagSource(cfg.store, table.slide_ids, weights, stream=cfg.stream)}
+    if on_cpu(cfg) and not ctx["source"].streaming:
+        # the batches' buffers stay on the heap: no page faults per step. Not when streaming:
+        # there the heap grew with every bag read (3.8 GB peak RSS after 160 steps of a
+        # 4,000-bag store, 1.5 GB without the setting)
+        keep_freed_memory()
     # every input is checked: only now does the run folder get written (by rank 0 only)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
