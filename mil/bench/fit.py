@@ -32,8 +32,9 @@ every per-bag copy of the collate is its own parallel region, and on a CPU share
 processes each region waits for its slowest thread (16 bags of 500 x 1,280: 189 ms with 2
 threads at load 8, 5.7 ms with 1), then a second pass cast float16 to float32 inside the model
 into a fresh 41 MB buffer; glibc maps such buffers afresh and faults them in again every
-step (6,900-8,700 minor page faults per step with ``--no-malloc-tuning``, 1 without). ``mil.fit`` on the CPU now collates on one thread straight into float32 and
-keeps freed buffers on the heap. ``torch.compile`` (inductor, CPU) was slower than eager here
+step (6,900-8,700 minor page faults per step with ``--no-malloc-tuning``, 1 without). ``mil.fit`` on the CPU now collates on one thread straight into float32 and,
+with the bags in RAM, keeps freed buffers on the heap (not when streaming: there the heap grew
+with every bag read). ``torch.compile`` (inductor, CPU) was slower than eager here
 (``--compile``; not enabled), and fusing V and U into one GEMM is a small share (the attention
 works on 128 dims, the projection on 1,280).
 
