@@ -136,3 +136,55 @@ def test_read_labels_errors(tmp_path: Path):
     assert t.classes == ["C", "B", "A"] and t.labels == [2, 1, 0] and t.patients == ["P0", "P1", "P2"]
     write_labels(csv, ["S00", "S01"], patients=False)
     assert read_labels(csv).patients == ["S00", "S01"]  # slide id stands in for the patient
+
+
+def test_collate_casts_inside_the_padding_copy():
+    g = torch.Generator().manual_seed(0)
+    items = [{"feats": torch.randn(n, 4, generator=g).half(), "prob": None, "label": 0,
+              "index": i} for i, n in enumerate([3, 6, 2])]
+    ref = collate_bags(items)
+    b = collate_bags(items, dtype=torch.float32)
+    assert b["feats"].dtype == torch.float32 and ref["feats"].dtype == torch.float16
+    assert torch.equal(b["feats"], ref["feats"].float())
+    assert (b["feats"][~b["mask"]] == 0).all()
+
+
+def test_collate_copies_with_the_threads_asked_for(monkeypatch):
+    """copy_threads=1 runs the per-bag copies on one torch thread, then restores the count."""
+    from mil.train import data
+
+    seen = []
+    real = data.torch_threads
+
+    def spy(n):
+        seen.append(n)
+        return real(n)
+
+    monkeypatch.setattr(data, "torch_threads", spy)
+    items = [{"feats": torch.ones(n, 2), "prob": None, "label": 0, "index": 0} for n in (1, 3)]
+    before = torch.get_num_threads()
+    counts = []
+    with real(1):
+        counts.append(torch.get_num_threads())
+    assert counts == [1] and torch.get_num_threads() == before
+    assert torch.equal(collate_bags(items, copy_threads=1)["feats"], collate_bags(items)["feats"])
+    assert seen == [1, None] and torch.get_num_threads() == before
+
+
+def test_datamodule_batches_in_the_dtype_the_run_asks_for(tmp_path: Path):
+    from mil.train.config import FitConfig
+    from mil.train.data import BagDataModule
+    from mil.train.trainer import batch_dtype, copy_threads
+
+    st = make_store(tmp_path / "s.h5", slides=4, cells=(2, 5))
+    ids = st.slides()
+    source = BagSource(tmp_path / "s.h5", ids)
+    label_of = {s: i % 2 for i, s in enumerate(ids)}
+    on_cpu = batch_dtype(FitConfig(accelerator="cpu"))
+    assert on_cpu == torch.float32 and batch_dtype(FitConfig(accelerator="gpu")) is None
+    assert copy_threads(FitConfig(accelerator="cpu")) == 1
+    assert copy_threads(FitConfig(accelerator="gpu")) is None
+    for dtype, want in ((on_cpu, torch.float32), (None, torch.float16)):
+        dm = BagDataModule(source, label_of, ids, ids, batch_size=2, feature_dtype=dtype)
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            assert next(iter(loader))["feats"].dtype == want

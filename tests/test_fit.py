@@ -115,3 +115,34 @@ def test_external_cohort_with_the_fold_ensemble(fit_run, tmp_path: Path):
     assert [r["truth"] for r in rows] == ["B", "A", "B"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["external"]["n_slides"] == 3
+
+
+@pytest.mark.parametrize(("accelerator", "stream", "tuned"),
+                         [("cpu", False, True), ("cpu", True, False), ("gpu", False, False)])
+def test_cpu_training_keeps_freed_buffers_on_the_heap(tmp_path: Path, monkeypatch, accelerator,
+                                                       stream, tuned):
+    """On the CPU with the bags in RAM, mil.fit raises glibc's mmap threshold before training
+    (no page faults per batch); streaming or elsewhere it leaves the allocator alone."""
+    from mil.train import crossval
+    from mil.train.config import FitConfig
+    from tests.conftest import make_labelled_store
+
+    calls = []
+    monkeypatch.setattr(crossval, "keep_freed_memory", lambda: calls.append(1) or True)
+
+    class Source:
+        def __init__(self, *a, stream=False, **k):
+            self.streaming = stream
+
+    def stop(*a, **k):
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(crossval, "BagSource", Source)
+    monkeypatch.setattr(crossval, "_run_fold", stop)
+    st, labels = make_labelled_store(tmp_path / "s.h5")
+    st.close()
+    cfg = FitConfig(store=tmp_path / "s.h5", labels=labels, out=tmp_path / "run",
+                    accelerator=accelerator, folds=3, stream=stream)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        crossval.fit(cfg)
+    assert calls == ([1] if tuned else [])

@@ -123,7 +123,9 @@ def test_gated_attention_matches_formula():
     pool = GatedAttentionPool(4, hidden=6, branches=2).eval()
     h, mask = torch.randn(1, 5, 4), torch.ones(1, 5, dtype=torch.bool)
     pooled, attn = pool(h, mask)
-    gate = torch.tanh(pool.attn_v(h[0])) * torch.sigmoid(pool.attn_u(h[0]))
+    wv, wu = pool.attn_vu.weight.chunk(2)  # the fused [V; U]
+    bv, bu = pool.attn_vu.bias.chunk(2)
+    gate = torch.tanh(h[0] @ wv.T + bv) * torch.sigmoid(h[0] @ wu.T + bu)
     expect = torch.softmax(pool.attn_w(gate), dim=0)  # (N, K)
     torch.testing.assert_close(attn[0], expect)
     torch.testing.assert_close(pooled[0], expect.T @ h[0])
@@ -149,3 +151,47 @@ def test_backward_runs():
     feats, mask = make_batch(lengths=[3, 5], seed=9)
     model(feats, mask).logits.sum().backward()
     assert model.head_weight.grad is not None
+
+
+def old_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as saved before V and U were fused: ``attn_v.*`` / ``attn_u.*``."""
+    out = {}
+    for k, v in state.items():
+        if ".attn_vu." in f".{k}":
+            head, part = k.rsplit("attn_vu.", 1)
+            out[f"{head}attn_v.{part}"], out[f"{head}attn_u.{part}"] = v.clone().chunk(2)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+@pytest.mark.parametrize("pooling", ["gated", "gated-multibranch"])
+def test_old_checkpoint_layout_loads_with_identical_outputs(pooling):
+    ref = make_model(pooling, seed=3)
+    old = old_layout(ref.state_dict())
+    assert "pool.attn_v.weight" in old and "pool.attn_vu.weight" not in old
+    fresh = make_model(pooling, seed=4)
+    fresh.load_state_dict(old)  # strict: every old key mapped, nothing missing
+    feats, mask = make_batch(lengths=[6, 2, 4], seed=11, fill=float("nan"))
+    want, got = ref(feats, mask), fresh(feats, mask)
+    assert torch.equal(got.logits, want.logits) and torch.equal(got.attn, want.attn)
+    # and against the separate-GEMM formula with the old keys' own tensors
+    pool = GatedAttentionPool(16, hidden=8, branches=2).eval()
+    sd = old_layout(pool.state_dict())
+    h, m = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    gate = torch.tanh(h @ sd["attn_v.weight"].T + sd["attn_v.bias"]) * torch.sigmoid(
+        h @ sd["attn_u.weight"].T + sd["attn_u.bias"])  # (B, N, hidden)
+    expect = torch.softmax(gate @ sd["attn_w.weight"].T + sd["attn_w.bias"], dim=1)
+    loaded = GatedAttentionPool(16, hidden=8, branches=2).eval()
+    loaded.load_state_dict(sd)
+    torch.testing.assert_close(loaded(h, m)[1], expect)
+
+
+def test_fused_pool_initialises_as_the_separate_layers_did():
+    torch.manual_seed(5)
+    v, u, w = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4), torch.nn.Linear(4, 2)
+    torch.manual_seed(5)
+    pool = GatedAttentionPool(6, hidden=4, branches=2)
+    assert torch.equal(pool.attn_vu.weight, torch.cat([v.weight, u.weight]))
+    assert torch.equal(pool.attn_vu.bias, torch.cat([v.bias, u.bias]))
+    assert torch.equal(pool.attn_w.weight, w.weight)

@@ -40,6 +40,26 @@ def test_checkpoint_loads_weights_only(fit_run):
     assert system.hparams["provenance"]["feature_dim"] == 8
 
 
+def test_checkpoint_saved_before_the_vu_fusion_loads_with_identical_outputs(fit_run, tmp_path):
+    """A Lightning checkpoint with separate ``attn_v`` / ``attn_u`` (before issue 16) loads
+    through the attention's pre-hook and predicts exactly what the fused layout does."""
+    path = fit_run["out"] / "fold_0" / "best.ckpt"
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = ckpt["state_dict"]
+    for part in ("weight", "bias"):
+        sd["model.pool.attn_v." + part], sd["model.pool.attn_u." + part] = (
+            sd.pop("model.pool.attn_vu." + part).clone().chunk(2))
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, str(old))
+    new_sys, old_sys = load_system(path), load_system(old)
+    g = torch.Generator().manual_seed(0)
+    batch = {"feats": torch.randn(2, 7, 8, generator=g), "mask": torch.ones(2, 7, dtype=torch.bool),
+             "prob": torch.rand(2, 7, generator=g)}
+    with torch.no_grad():
+        a, b = new_sys(batch), old_sys(batch)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.attn, b.attn)
+
+
 def test_cli_writes_predictions_and_attention(fit_run, tmp_path: Path):
     out, attn = tmp_path / "p.csv", tmp_path / "attn"
     argv = [str(fit_run["out"]), "--store", str(fit_run["store"]), "--out", str(out),

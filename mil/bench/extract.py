@@ -341,3 +341,13 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"min cosine({res['precision']}, fp32) features: "
                      f"{res['ceiling']['cosine_vs_fp32_min']:.5f}")
     return "\n".join(lines)
+
+
+def markdown(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """The README table's row."""
+    e = res["engine"]
+    rates = [f"{ROWS[k].split(')')[0][1:]}: {res[k]['cells_per_s']:.1f}" for k in ROWS if k in res]
+    ratios = ", ".join(f"{k} {v['median']:.2f} x" for k, v in res["ratios"].items())
+    return [(f"extract, `{res['backbone']}` @ {res['image_size']} px, {res['device']}, engine "
+             f"{e['engine']} {e['precision']}, {res['rounds']} alternating rounds of {res['cells']}",
+             f"cells/s ({', '.join(rates)}); median paired ratios: {ratios}")]

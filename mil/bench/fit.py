@@ -1,19 +1,42 @@
-"""``python -m mil.bench fit``: training epoch time, padded batches vs batch size 1, and the
-peak RAM of ``--stream`` training from an HDF5 store.
+"""``python -m mil.bench fit``: training epoch time against its arithmetic ceiling, padded
+batches vs batch size 1, and the peak RAM of ``--stream`` training from an HDF5 store.
 
-1. Random features (``--bags`` x ``--cells`` x ``--dim``, float16 in RAM). One epoch of the same
-   gated-attention model (AdamW step per batch) twice: cellmil's length-bucketed padded batches
-   (``--batch-size``) and a batch-size-1 loop (how CLAM and SCEMILA train). Ratio = bs1 / padded.
-2. The same bags written to an HDF5 store; in a fresh subprocess per mode, one training epoch
-   reading them with ``stream=True`` (per item) and with the default preload; the peak resident
-   memory (``ru_maxrss``) of each process is reported.
+Random features (``--bags`` x ``--cells`` x ``--dim``, float16 in RAM as ``BagSource`` holds
+them), the same gated-attention model (AdamW step per batch) in every row:
 
-On a CPU the epoch is bound by arithmetic: the first projection (D -> 128) alone costs
-3 x 2 x bags x cells x D x 128 FLOPs, 0.49 TFLOP per epoch at the default sizes, whether the
-bags come one at a time or padded. On the 2-core development machine the batch-size-1 loop
-already runs that at ~34 GFLOP/s against a ~160 GFLOP/s peak, so no batching can be 10x
-faster there; padding removes per-step overhead (launches, optimiser steps, Python), which is
-what dominates on a GPU.
+(d) ceiling: forward + backward + optimiser step on views of one dense, pre-cast float32 tensor
+    of the same total size: no loader, no collate, no cast, no padding, the same steps;
+(a) padded: ``mil.fit``'s training loader (length-bucketed, class-balanced batches of
+    ``--batch-size``, collated to float32 with one copy thread, as on the CPU) into the model;
+(a0) before issue 16 (``--no-legacy`` skips it): V and U as two GEMMs, the pool masking again,
+    float16 batches copied with the torch threads and cast inside the model; same process,
+    same allocator settings;
+(ac) with ``--compile``: (a) with the model under ``torch.compile`` (its compile time apart);
+(b) a batch-size-1 loop (how CLAM and SCEMILA train), once. Speedup = (b) / (a).
+
+(d), (a), (a0), (ac) train their epochs with their steps interleaved (a step of each in turn,
+:func:`mil.bench.epochs.interleaved`), so a shared machine's slow and fast spells fall on every
+row alike, for ``--rounds`` rounds; each row's first batch is not timed. Figures are seconds
+per epoch (per-step time x steps); a row's headline is its best round, padded/ceiling the
+median of the rounds' ratios (1.0 = at the ceiling).
+The process keeps freed buffers on the heap as ``mil.fit`` does on the CPU (page faults per
+step are reported; ``--no-malloc-tuning`` leaves glibc's defaults, as before issue 16, so (a0)
+of such a run is the whole old path). Then the same bags are written to an HDF5 store and, in a fresh subprocess
+per mode, one epoch reads them with ``stream=True`` and with the default preload (peak RSS).
+
+Notes from the 2-core development machine (shared, load 3-10). The epoch is arithmetic: the
+first projection (D -> 128) alone costs 3 x 2 x bags x cells x D x 128 FLOPs, 0.49 TFLOP at the
+default sizes, and dropout's random masks (``bernoulli_``) take a large share of the rest, in
+the ceiling as much as in (a). What separated (a) from (d) before issue 16 was not arithmetic:
+every per-bag copy of the collate is its own parallel region, and on a CPU shared with other
+processes each region waits for its slowest thread (16 bags of 500 x 1,280: 189 ms with 2
+threads at load 8, 5.7 ms with 1), then a second pass cast float16 to float32 inside the model
+into a fresh 41 MB buffer; glibc maps such buffers afresh and faults them in again every
+step (6,900-8,700 minor page faults per step with ``--no-malloc-tuning``, 1 without). ``mil.fit`` on the CPU now collates on one thread straight into float32 and,
+with the bags in RAM, keeps freed buffers on the heap (not when streaming: there the heap grew
+with every bag read). ``torch.compile`` (inductor, CPU) was slower than eager here
+(``--compile``; not enabled), and fusing V and U into one GEMM is a small share (the attention
+works on 128 dims, the projection on 1,280).
 
 ``--quick`` shrinks everything (200 bags x 200 cells x 256 dims) for a smoke run.
 """
@@ -21,10 +44,7 @@ what dominates on a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +52,18 @@ from typing import Any
 
 import numpy as np
 
-HELP = "epoch time: padded batches vs batch size 1; --stream peak RAM"
+from mil.bench.epochs import (
+    RamSource,
+    dense_batches,
+    epoch,
+    interleaved,
+    make_model,
+    run_child,
+    single_loader,
+    train_loader,
+)
+
+HELP = "epoch time vs its arithmetic ceiling; padded batches vs batch size 1; --stream peak RAM"
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -45,113 +76,85 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", action="store_true", help="skip the HDF5 peak-RAM part")
     p.add_argument("--no-compare", action="store_true", help="skip the padded vs bs1 part")
     p.add_argument("--quick", action="store_true", help="200 bags x 200 cells x 256 dims")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of (d), (a), (a0) interleaved")
+    p.add_argument("--no-legacy", action="store_true", help="skip (a0), the pre-issue-16 path")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc's allocator as it is (mil.fit before issue 16)")
+    p.add_argument("--compile", action="store_true", help="also (ac): the model under torch.compile")
     p.add_argument("--dir", default=None, help="where to write the HDF5 store (default: temp)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _model(dim: int, classes: int) -> Any:
-    import torch
-
-    from mil.train.model import MILClassifier
-
-    torch.manual_seed(0)
-    return MILClassifier(dim, classes, hidden=128, attn_hidden=128, dropout=0.25)
-
-
-def _epoch(model: Any, loader: Any) -> float:
-    """Seconds for one training epoch over ``loader`` (batches from :func:`collate_bags`)."""
-    import torch
-    import torch.nn.functional as F
-
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-    t0 = time.perf_counter()
-    for batch in loader:
-        out = model(batch["feats"], batch["mask"])
-        loss = F.cross_entropy(out.logits, batch["label"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
-
-
-class _RamSource:
-    """A :class:`mil.train.data.BagSource` stand-in over an in-RAM float16 array (B, N, D)."""
-
-    def __init__(self, feats: np.ndarray) -> None:
-        self.feats = feats
-        self.length = {str(i): feats.shape[1] for i in range(feats.shape[0])}
-
-    def get(self, sid: str, pick: Any = None) -> tuple[np.ndarray, None]:
-        return self.feats[int(sid)], None
-
-
-def _loaders(source: Any, ids: list[str], labels: list[int], batch_size: int) -> tuple[Any, Any]:
-    from torch.utils.data import DataLoader
-
-    from mil.train.data import BagDataset, BucketBatchSampler, collate_bags
-
-    ds = BagDataset(source, ids, labels, train=True)
-    padded = DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths(), batch_size,
-                                                             labels=labels, balanced=True),
-                        collate_fn=collate_bags)
-    single = DataLoader(ds, batch_size=1, shuffle=True, collate_fn=collate_bags)
-    return padded, single
-
-
-def _child(store: str, batch_size: int, classes: int, stream: bool) -> None:
-    """Subprocess body: one streamed (or preloaded) epoch; prints peak RSS as JSON."""
-    from mil.store import open_store
-    from mil.train.data import BagSource
-
-    ids = open_store(store).slides()
-    labels = [i % classes for i in range(len(ids))]
-    source = BagSource(store, ids, stream=stream)
-    padded, _ = _loaders(source, ids, labels, batch_size)
-    secs = _epoch(_model(source.feature_dim, classes), padded)
-    print(json.dumps({"peak_rss_mb": _peak_rss_mb(), "epoch_s": secs}))
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process: VmHWM (reset by exec, unlike ``ru_maxrss``, which
-    a child started by fork + exec inherits from its parent), else ``ru_maxrss``."""
-    import resource
-
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _peak(store: Path, args: argparse.Namespace, stream: bool) -> dict[str, float]:
-    code = (f"from mil.bench.fit import _child; _child({str(store)!r}, {args.batch_size}, "
-            f"{args.classes}, {stream})")
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    code = (f"from mil.bench.epochs import store_epoch; store_epoch({str(store)!r}, "
+            f"{args.batch_size}, {args.classes}, {stream})")
+    return run_child(code, args.threads)
 
 
-def _write_store(path: Path, feats: np.ndarray) -> None:
+def write_store(path: Path, feats: Any, dim: int, bags: int | None = None) -> None:
+    """An HDF5 store of ``feats`` (B, N, D); with ``bags``, ``bags`` bags cycling through them."""
     from mil.store import open_store
 
+    n = len(feats) if bags is None else bags
     ids = [f"c{j}" for j in range(feats.shape[1])]
     with open_store(path, "a") as st:
-        st.init({"backbone": "bench", "feature_dim": feats.shape[2], "dtype": "float16"})
-        for i, bag in enumerate(feats):
-            st.write_slide(f"{i:05d}", bag, ids, ids)
+        st.init({"backbone": "bench", "feature_dim": dim, "dtype": "float16"})
+        for i in range(n):
+            st.write_slide(f"{i:05d}", feats[i % len(feats)], ids, ids)
+
+
+def _rows(args: argparse.Namespace, feats: np.ndarray, ids: list[str], labels: list[int]
+          ) -> tuple[Any, dict[str, float]]:
+    """A callable timing one round (all rows interleaved), and setup figures (compile time)."""
+    import torch
+
+    from mil.bench.legacy import legacy_model
+
+    source = RamSource(feats)
+    steps = len(train_loader(source, ids, labels, args.batch_size))
+    dense = torch.from_numpy(feats).float()  # (B, N, D) float32, cast before the clock
+    dense_labels = torch.tensor(labels)  # (B,)
+    setup: dict[str, float] = {}
+    compiled = None
+    if args.compile:
+        compiled = torch.compile(make_model(args.dim, args.classes))
+        t0 = time.perf_counter()
+        two = args.batch_size * 2
+        epoch(compiled, train_loader(source, ids[:two], labels[:two], args.batch_size))
+        setup["compile_s"] = time.perf_counter() - t0
+
+    def one_round() -> dict[str, dict[str, float]]:
+        rows = {"ceiling": (make_model(args.dim, args.classes),
+                            dense_batches(dense, dense_labels, args.batch_size, steps)),
+                "padded": (make_model(args.dim, args.classes),
+                           train_loader(source, ids, labels, args.batch_size))}
+        if not args.no_legacy:
+            rows["legacy"] = (legacy_model(make_model(args.dim, args.classes)),
+                              train_loader(source, ids, labels, args.batch_size, "legacy"))
+        if compiled is not None:
+            rows["compiled"] = (compiled, train_loader(source, ids, labels, args.batch_size))
+        return interleaved(rows)
+
+    return one_round, setup
+
+
+def _per_epoch(r: dict[str, float], steps: int) -> float:
+    return r["seconds"] / max(r["steps"], 1) * steps
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from mil.allocator import keep_freed_memory
+    from mil.errors import CliError
+
+    if args.rounds < 1:
+        raise CliError(f"--rounds must be >= 1, got {args.rounds}")
     if args.quick:
         args.bags, args.cells, args.dim = 200, 200, 256
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = False if args.no_malloc_tuning else keep_freed_memory()  # as mil.fit does on the CPU
     rng = np.random.default_rng(args.seed)
     feats = rng.standard_normal((args.bags, args.cells, args.dim), dtype=np.float32)
     feats = feats.astype(np.float16)  # (B, N, D) float16 in RAM
@@ -159,31 +162,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "bags": args.bags, "cells": args.cells, "dim": args.dim, "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
-        "features_gb": feats.nbytes / 1e9,
+        "features_gb": feats.nbytes / 1e9, "rounds": args.rounds, "malloc_tuned": tuned,
     }
     if not args.no_compare:
-        padded, single = _loaders(_RamSource(feats), ids, labels, args.batch_size)
-        torch.manual_seed(args.seed)
-        t_pad = _epoch(_model(args.dim, args.classes), padded)
-        t_one = _epoch(_model(args.dim, args.classes), single)
-        res.update(padded_epoch_s=t_pad, bs1_epoch_s=t_one, speedup=t_one / t_pad)
+        steps = -(-args.bags // args.batch_size)
+        one_round, setup = _rows(args, feats, ids, labels)
+        res.update(setup)
+        got: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for name, r in one_round().items():
+                got.setdefault(name, []).append(r)
+        for name, rounds in got.items():
+            per = [_per_epoch(r, steps) for r in rounds]
+            res[name] = {"epoch_s": min(per), "rounds_epoch_s": per,
+                         "faults_per_step": rounds[-1]["faults_per_step"]}
+        res["ratios"] = {f"{name}/ceiling": _paired(got["ceiling"], got[name], steps)
+                         for name in got if name != "ceiling"}
+        t_one = epoch(make_model(args.dim, args.classes),
+                      single_loader(RamSource(feats), ids, labels))["seconds"]
+        res.update(padded_epoch_s=res["padded"]["epoch_s"], bs1_epoch_s=t_one,
+                   speedup=t_one / res["padded"]["epoch_s"],
+                   padded_over_ceiling=res["ratios"]["padded/ceiling"]["median"])
     if not args.no_stream:
         with tempfile.TemporaryDirectory(prefix="cellmil-bench-fit-", dir=args.dir) as tmp:
             store = Path(tmp) / "bench.h5"
-            _write_store(store, feats)
+            write_store(store, feats, args.dim)
             del feats
             res["stream"] = _peak(store, args, stream=True)
             res["preload"] = _peak(store, args, stream=False)
+    res["load_avg_after"] = os.getloadavg()[0]
     return res
+
+
+def _paired(ceiling: list[dict[str, float]], row: list[dict[str, float]], steps: int
+            ) -> dict[str, Any]:
+    """Per round: the ceiling's epoch time / the row's (1.0 = at the ceiling); their median."""
+    rounds = [_per_epoch(c, steps) / _per_epoch(r, steps) for c, r in zip(ceiling, row, strict=True)]
+    return {"median": float(np.median(rounds)), "rounds": rounds}
+
+
+ROWS = {"ceiling": "(d) ceiling, dense float32", "padded": "(a) padded batches (cellmil)",
+        "legacy": "(a0) padded, before issue 16", "compiled": "(ac) padded, torch.compile"}
 
 
 def table(r: dict[str, Any]) -> str:
     lines = [f"fit epoch, {r['bags']} bags x {r['cells']} cells x {r['dim']} float16 in RAM, "
-             f"{r['threads']} threads, load {r['load_avg_1min']:.1f}"]
+             f"{r['threads']} threads, {r.get('rounds', 1)} rounds, load "
+             f"{r['load_avg_1min']:.1f} -> {r.get('load_avg_after', r['load_avg_1min']):.1f}"]
+    for key, what in ROWS.items():
+        if key in r:
+            each = " ".join(f"{v:.2f}" for v in r[key]["rounds_epoch_s"])
+            lines.append(f"  {what:31} {r[key]['epoch_s']:8.2f} s/epoch   (rounds: {each}; "
+                         f"{r[key]['faults_per_step']:.0f} page faults/step)")
     if "speedup" in r:
-        lines += [f"  padded batches (batch {r['batch_size']}): {r['padded_epoch_s']:8.2f} s/epoch",
-                  f"  batch size 1 loop:          {r['bs1_epoch_s']:8.2f} s/epoch",
-                  f"  speedup:                    {r['speedup']:8.1f} x"]
+        lines += [f"  {'(b) batch size 1 loop':31} {r['bs1_epoch_s']:8.2f} s/epoch",
+                  f"  {'speedup (b)/(a)':31} {r['speedup']:8.1f} x"]
+        for name, q in r["ratios"].items():
+            lines.append(f"  {name:31} {q['median']:8.3f} x   (median of rounds: "
+                         f"{' '.join(f'{v:.2f}' for v in q['rounds'])})")
+    if "compile_s" in r:
+        lines.append(f"  torch.compile: {r['compile_s']:.1f} s to compile (first two batches)")
     if "stream" in r:
         lines += [f"HDF5 store ({r['features_gb']:.2f} GB of features), one epoch per process:",
                   f"  --stream peak RSS: {r['stream']['peak_rss_mb']:8.0f} MB "
@@ -191,3 +229,22 @@ def table(r: dict[str, Any]) -> str:
                   f"  preload  peak RSS: {r['preload']['peak_rss_mb']:8.0f} MB "
                   f"({r['preload']['epoch_s']:.1f} s/epoch)"]
     return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The README table's rows."""
+    rows = []
+    if "speedup" in r:
+        parts = [f"{ROWS[k].split(')')[0]}) {r[k]['epoch_s']:.2f} s" for k in ROWS if k in r]
+        ratios = ", ".join(f"{k} {v['median']:.2f} x" for k, v in r["ratios"].items())
+        glibc = "" if r.get("malloc_tuned", True) else ", glibc's allocator defaults"
+        rows.append((f"fit epoch, {r['bags']:,} bags x {r['cells']} x {r['dim']}, "
+                     f"{r['rounds']} rounds of interleaved steps{glibc} (load "
+                     f"{r['load_avg_1min']:.1f})",
+                     f"{', '.join(parts)}; {ratios}; (b) batch-size-1 loop {r['bs1_epoch_s']:.2f} s "
+                     f"({r['speedup']:.1f} x slower than (a))"))
+    if "stream" in r:
+        rows.append((f"fit, {r['features_gb']:.2f} GB of features in an HDF5 store, one epoch",
+                     f"`--stream` peak RSS {r['stream']['peak_rss_mb'] / 1000:.2f} GB vs "
+                     f"{r['preload']['peak_rss_mb'] / 1000:.2f} GB preloaded"))
+    return rows

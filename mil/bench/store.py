@@ -84,3 +84,15 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{name:8} {r['write_bags_per_s']:13.1f} {r['read_bags_per_s']:12.1f} "
                          f"{r['read_mb_per_s']:10.1f}")
     return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The README table's row."""
+    parts = []
+    for name, label in (("h5", "HDF5"), ("zarr", "zarr")):
+        if name in r:
+            x = r[name]
+            parts.append(f"{label} reads {x['read_bags_per_s']:.0f} bags/s "
+                         f"({x['read_mb_per_s'] / 1000:.2f} GB/s), writes {x['write_bags_per_s']:.0f} bags/s")
+    return [(f"store, {r['bags']:,} bags x {r['cells']} x {r['dim']} float16, random-order reads "
+             "(warm cache); writes", "; ".join(parts))]

@@ -34,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+from mil.allocator import keep_freed_memory
 from mil.config import config_dict, load_yaml, save_config
 from mil.errors import CliError
 from mil.provenance import feature_provenance
@@ -59,7 +60,7 @@ from mil.train.preflight import preflight, save_inputs
 from mil.train.reliability import describe as describe_calibration
 from mil.train.reliability import multiclass_calibration, reliability_png
 from mil.train.splits import check_no_leak, load_splits, make_splits, save_splits
-from mil.train.trainer import build_system, build_trainer
+from mil.train.trainer import batch_dtype, build_system, build_trainer, copy_threads, on_cpu
 
 log = logging.getLogger("mil")
 
@@ -107,7 +108,8 @@ def train_fold(cfg: FitConfig, source: Any, label_of: dict[str, int], classes: l
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = BagDataModule(source, label_of, fold.train, fold.val, fold.test,
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
-                       workers=cfg.workers, seed=seed)
+                       workers=cfg.workers, seed=seed, feature_dtype=batch_dtype(cfg),
+                       copy_threads=copy_threads(cfg))
     ctx = {"source": source, "classes": classes, "provenance": provenance, "label_of": label_of}
     system = build_system(cfg, ctx, fold.train)
     ckpt = ModelCheckpoint(dirpath=str(fold_dir), filename="best", monitor="val/loss",
@@ -216,6 +218,11 @@ def fit(cfg: FitConfig) -> dict[str, Any] | None:
     ctx = {"label_of": table.label_of(), "classes": table.classes, "weights": weights,
            "provenance": provenance, "slide_ids": table.slide_ids,
            "source": BagSource(cfg.store, table.slide_ids, weights, stream=cfg.stream)}
+    if on_cpu(cfg) and not ctx["source"].streaming:
+        # the batches' buffers stay on the heap: no page faults per step. Not when streaming:
+        # there the heap grew with every bag read (3.8 GB peak RSS after 160 steps of a
+        # 4,000-bag store, 1.5 GB without the setting)
+        keep_freed_memory()
     # every input is checked: only now does the run folder get written (by rank 0 only)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():

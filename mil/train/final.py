@@ -36,7 +36,7 @@ from mil.errors import CliError
 from mil.train.config import FitConfig
 from mil.train.data import BagDataModule
 from mil.train.rundir import FINAL
-from mil.train.trainer import build_system, build_trainer
+from mil.train.trainer import batch_dtype, build_system, build_trainer, copy_threads
 
 log = logging.getLogger("mil")
 SEED_OFFSET = 1000  # final model k uses seed + 1000 + k (fold k uses seed + k)
@@ -76,7 +76,8 @@ def train_final(cfg: FitConfig, ctx: dict[str, Any], slides: Sequence[str], epoc
     path.parent.mkdir(parents=True, exist_ok=True)
     dm = BagDataModule(ctx["source"], ctx["label_of"], slides, [], [],
                        batch_size=cfg.batch_size, max_cells=cfg.max_cells or None,
-                       workers=cfg.workers, seed=seed)
+                       workers=cfg.workers, seed=seed, feature_dtype=batch_dtype(cfg),
+                       copy_threads=copy_threads(cfg))
     system = build_system(cfg, ctx, slides)
     trainer = build_trainer(cfg, path.parent, cfg.epochs, [StopAfter(epochs)], validate=False)
     trainer.fit(system, datamodule=dm)

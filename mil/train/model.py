@@ -54,31 +54,53 @@ def blast_log_prior(prob: Tensor, strength: float = 1.0, eps: float = 1e-4) -> T
 class GatedAttentionPool(nn.Module):
     """Gated attention pooling with K branches:
     ``a_k = softmax_n(w_k^T [tanh(V h_n) * sigmoid(U h_n)] + log_prior_n)``, pooled_k = sum a_k h.
+
+    V and U run as one GEMM: ``attn_vu`` is one Linear of 2 x hidden outputs, ``[V; U]``, split
+    after. Checkpoints from before the fusion (separate ``attn_v`` / ``attn_u``) load unchanged:
+    a load_state_dict pre-hook stacks their keys into ``attn_vu``.
     """
 
     def __init__(self, in_dim: int, hidden: int = 128, branches: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.attn_v = nn.Linear(in_dim, hidden)
-        self.attn_u = nn.Linear(in_dim, hidden)
+        # initialised as the separate V and U layers were (same draws, same order), so a seed
+        # gives the same weights as before the fusion
+        v, u = nn.Linear(in_dim, hidden), nn.Linear(in_dim, hidden)
+        self.attn_vu = nn.utils.skip_init(nn.Linear, in_dim, 2 * hidden)
+        with torch.no_grad():
+            self.attn_vu.weight.copy_(torch.cat([v.weight, u.weight]))  # (2 hidden, in_dim)
+            self.attn_vu.bias.copy_(torch.cat([v.bias, u.bias]))  # (2 hidden,)
         self.drop = nn.Dropout(dropout)
         self.attn_w = nn.Linear(hidden, branches)
         self.branches = branches
+        self.register_load_state_dict_pre_hook(_fuse_vu_keys)
 
     def forward(
         self, h: Tensor, mask: Tensor, log_prior: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """``h (B, N, H)``, ``mask (B, N)``, ``log_prior (B, N)`` added to the attention logits.
 
+        Padded rows of ``h`` must be finite (:class:`MILClassifier` zeroes them after the
+        projection, so they are not masked again here); they get attention exactly 0.
         Returns ``pooled (B, K, H)`` and ``attn (B, N, K)``.
         """
-        h = h.masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, N, H); padding may hold inf/NaN
-        gate = torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))  # (B, N, hidden)
+        v, u = self.attn_vu(h).chunk(2, dim=-1)  # (B, N, hidden) each, one GEMM
+        gate = torch.tanh(v) * torch.sigmoid(u)  # (B, N, hidden)
         logits = self.attn_w(self.drop(gate))  # (B, N, K)
         if log_prior is not None:
             logits = logits + log_prior.to(logits.dtype).unsqueeze(-1)  # (B, N, K)
         attn = masked_softmax(logits, mask)  # (B, N, K)
         pooled = torch.einsum("bnk,bnh->bkh", attn, h)  # (B, K, H)
         return pooled, attn
+
+
+def _fuse_vu_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                  *_: object) -> None:
+    """load_state_dict pre-hook: the old ``attn_v.*`` / ``attn_u.*`` keys -> ``attn_vu.*``."""
+    for part in ("weight", "bias"):
+        v, u = f"{prefix}attn_v.{part}", f"{prefix}attn_u.{part}"
+        if v in state_dict and u in state_dict:
+            state_dict[f"{prefix}attn_vu.{part}"] = torch.cat([state_dict.pop(v),
+                                                               state_dict.pop(u)])
 
 
 def masked_mean_pool(h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from mil.train.config import PRECISION, FitConfig
@@ -23,6 +24,25 @@ from mil.train.standardise import Standardise, source_moments
 
 def devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
+
+
+def on_cpu(cfg: FitConfig) -> bool:
+    """Whether the run trains on the CPU (``--accelerator cpu``, or ``auto`` without CUDA)."""
+    return cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+
+
+def batch_dtype(cfg: FitConfig) -> torch.dtype | None:
+    """The dtype batches are collated in: float32 on the CPU (the float16 features are cast in
+    the padding copy, one pass, instead of again inside the model), else the store's float16
+    (half the host-to-device transfer; the device casts)."""
+    return torch.float32 if on_cpu(cfg) else None
+
+
+def copy_threads(cfg: FitConfig) -> int | None:
+    """Torch threads for collating a batch: 1 on the CPU, where the copies run between the
+    model's steps on the same cores and a parallel region per bag stalls whenever another
+    process holds a core (:func:`mil.train.data.collate_bags`); else as they are."""
+    return 1 if on_cpu(cfg) else None
 
 
 def loggers(out_dir: Path) -> list[Any]:
