@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -232,21 +230,20 @@ def table(rows: list[dict], truth: list[int]) -> list[str]:
 
 
 def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-                 platform.processor())
+    """mil.bench's machine record (CPU, cores, load, versions) plus the git head measured."""
+    from mil.bench.machine import machine as bench_machine
+
     git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "load_avg_start": os.getloadavg(),
-            "python": platform.python_version(), "git_head": git}
+    return {**bench_machine(), "git_head": git}
 
 
 def write_readme(path: Path, res: dict) -> str:
     m = res["machine"]
     block = "\n".join([
         START, f"Command: `{res['command']}`  ",
-        f"Date: {res['date']}; {m['nproc']} CPUs, {m['cpu']}, load average at start "
-        f"{m['load_avg_start'][0]:.1f}; git {m['git_head']}; wall time {res['wall_s']:.0f} s "
+        f"Date: {res['date']}; {m['cores']} CPUs, {m['cpu']}, load average at start "
+        f"{m['load_avg_1min']:.1f}; git {m['git_head']}; wall time {res['wall_s']:.0f} s "
         "(steps whose output existed were reused).  ",
         f"mil.fit: `--instance-weights prior --epochs {res['config']['epochs']} --patience "
         f"{res['config']['patience']} --folds {res['config']['folds']}` plus the row's flags; "
@@ -272,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown row(s): {unknown}; rows are {list(ROWS)}")
     t0, started, info = time.perf_counter(), datetime.now().astimezone(), machine()
-    print(f"work: {a.work}; {info['nproc']} CPUs, {info['cpu']}", flush=True)
+    print(f"work: {a.work}; {info['cores']} CPUs, {info['cpu']}", flush=True)
     prepare(a)
     seeds_of = {row: seeds if row in FULL_ROWS else other for row in rows}
     jobs = [(row, seed) for row in rows for seed in seeds_of[row]]

@@ -130,8 +130,6 @@ def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
     per-slide statistics measured on up to :data:`SLIDE_SAMPLE` crops per slide; None for none."""
     if mode == "none":
         return None
-    from mil.extract.images import decode
-
     norm = StainNormaliser(mode, slide_of=[c.slide_id for c in cells])
     if mode in SLIDE_MODES:
         by_slide: dict[str, list[Any]] = {}
@@ -139,13 +137,15 @@ def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
             by_slide.setdefault(c.slide_id, []).append(c.path)
         images: dict[str, list[np.ndarray]] = {}
         for sid, paths in by_slide.items():
-            images[sid] = [im for im in (_try_decode(decode, paths[j]) for j in sample_indices(len(paths)))
+            images[sid] = [im for im in (_try_decode(paths[j]) for j in sample_indices(len(paths)))
                            if im is not None] or [np.full((1, 1, 3), 255, np.uint8)]
         norm.fit_slides(images)
     return norm
 
 
-def _try_decode(decode: Any, path: Any) -> np.ndarray | None:
+def _try_decode(path: Any) -> np.ndarray | None:
+    from mil.extract.images import decode
+
     try:
         im = decode(path).numpy()
     except Exception:  # noqa: BLE001 - unreadable crops are reported as failed cells later
