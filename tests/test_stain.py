@@ -17,7 +17,10 @@ from mil.extract.stain import (
     from_lab,
     lab_stats,
     od_stats,
+    od_transfer,
+    sample_indices,
     to_lab,
+    to_od,
     transfer,
 )
 from mil.provenance import check_same_features
@@ -70,6 +73,48 @@ def test_od_slide_undoes_a_stain_gain_per_channel() -> None:
     after = np.mean([np.abs(out[i] - out[6 + i]).mean() for i in range(6)])
     assert after < 0.15 * before  # the batch difference is (almost) gone
     np.testing.assert_allclose(od_stats([o.astype(np.uint8) for o in out[6:]]), DEFAULT_OD, rtol=0.05)
+
+
+def test_od_transfer_table_gives_the_arithmetic_pixels() -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # every grey level, odd shape
+    mean_od = np.array([0.31, 0.52, 0.23], np.float32)
+    gain = np.asarray(DEFAULT_OD, np.float32) / mean_od
+    direct = np.clip(255.0 * np.exp(-to_od(rgb) * gain) + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(od_transfer(rgb, mean_od), direct)
+    np.testing.assert_array_equal(od_transfer(rgb[:, ::2], mean_od), direct[:, ::2])  # a strided view
+
+
+@pytest.mark.parametrize("mode", ["od-slide", "reinhard-slide"])
+def test_slide_statistics_come_from_the_main_pass_decoding_each_crop_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    import mil.extract.images as images
+    from mil.extract.images import CellImages
+
+    slides = {"a": crops(Stain(), n=70, seed=1), "b": crops(Stain(gain=(1.3, 0.9, 0.8)), n=5, seed=2)}
+    paths, slide_of = [], []
+    for sid, ims in slides.items():
+        for j, im in enumerate(ims):
+            paths.append(str(tmp_path / f"{sid}{j}.png"))
+            slide_of.append(sid)
+            Image.fromarray(im).save(paths[-1])
+    Path(paths[3]).write_bytes(b"not an image")  # an unreadable sample crop of slide a
+    reads: list[str] = []
+    real = images.decode
+    monkeypatch.setattr(images, "decode", lambda p: reads.append(str(p)) or real(p))
+    norm = StainNormaliser(mode, slide_of=slide_of)
+    ds = CellImages(paths, 32, threads=2, stain=norm)
+    out = [row for start in range(0, len(paths), 16) for row in ds.__getitems__(list(range(start, start + 16))[:len(paths) - start])]
+    assert sorted(reads) == sorted(paths)  # every crop decoded exactly once
+    assert [ok for _, _, ok in out] == [i != 3 for i in range(len(paths))]
+    # the statistics are those of each slide's evenly spaced sample, as an eager fit measures them
+    eager = StainNormaliser(mode, slide_of=slide_of)
+    offset = {"a": 0, "b": 70}
+    eager.fit_slides({sid: [ims[j] for j in sample_indices(len(ims)) if offset[sid] + j != 3]
+                      for sid, ims in slides.items()})
+    for sid in slides:
+        np.testing.assert_allclose(np.ravel(norm.slide_stats[sid]), np.ravel(eager.slide_stats[sid]))
+    assert not ds._held  # nothing stays decoded after its batch
 
 
 def test_extract_records_stain_norm_and_refuses_mixing(tmp_path: Path, capsys) -> None:

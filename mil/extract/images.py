@@ -25,12 +25,14 @@ from __future__ import annotations
 import functools
 import io
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mil.extract.stain import StainNormaliser
 
 TORCH_RESIZE = ("bicubic", "bilinear")  # antialiased uint8 kernels in torch
 RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}
@@ -160,6 +162,8 @@ class CellImages:
     decoding in the main process between forward passes. ``resize_each``: every decoding thread
     resizes its own image instead (for torch at one thread, while a compiled engine computes:
     torch's parallel resize next to another runtime's threads ran 6x slower than one thread).
+    ``stain``: normalises each decoded crop; a per-slide mode measures a slide's sample crops
+    before the slide's first batch and keeps them decoded until their own batch.
     """
 
     paths: list[str]
@@ -167,7 +171,8 @@ class CellImages:
     interpolation: str = "bicubic"
     threads: int = 1
     resize_each: bool = False
-    stain: Callable[[int, Any], Any] | None = None  # (index, uint8 (H, W, 3)) -> normalised crop
+    stain: StainNormaliser | None = None
+    _held: dict[int, Any] = field(default_factory=dict, repr=False)  # sample crops, decoded
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -184,8 +189,9 @@ class CellImages:
         try:
             for start in range(0, len(indices), DECODE_CHUNK):
                 part = indices[start:start + DECODE_CHUNK]
-                images = (list(pool.map(self._decoded, part)) if pool  # decoders drop the GIL
-                          else [self._decoded(i) for i in part])
+                run = pool.map if pool else map  # the decoders drop the GIL
+                self._fit_stain(part, run)
+                images = list(run(self._decoded, part))
                 out += self._resized(part, images)
         finally:
             if pool:
@@ -201,12 +207,28 @@ class CellImages:
         return [(i, next(resized) if im is not None else blank, im is not None)
                 for i, im in zip(indices, images, strict=True)]
 
-    def _decoded(self, i: int) -> Any:
+    def _fit_stain(self, indices: list[int], run: Any) -> None:
+        """Measure the slides of ``indices`` that lack stain statistics on their sample crops,
+        keeping those crops decoded for the main pass."""
+        if self.stain is None:
+            return
+        for sid in self.stain.missing(indices):
+            sample = self.stain.sample(sid)
+            raw = list(run(self._read, sample))
+            self._held.update(zip(sample, raw, strict=True))
+            self.stain.fit_slides({sid: [im.numpy() for im in raw if im is not None]})
+
+    def _read(self, i: int) -> Any:
+        """Cell ``i`` decoded, ``uint8 (H, W, 3)``; None if unreadable or empty."""
         try:
             im = decode(self.paths[i])
         except Exception:  # noqa: BLE001 - corrupt, truncated, empty, not an image: all skipped
             return None
-        if im.shape[0] == 0 or im.shape[1] == 0:
+        return None if im.shape[0] == 0 or im.shape[1] == 0 else im
+
+    def _decoded(self, i: int) -> Any:
+        im = self._held.pop(i) if i in self._held else self._read(i)
+        if im is None:
             return None
         if self.stain is not None:
             im = self.stain(i, im)
