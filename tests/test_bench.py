@@ -185,27 +185,31 @@ def test_extract_benchmark_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "cellmil/ceiling" in capsys.readouterr().out
     assert res["engine"]["engine"] == "openvino" and res["engine"]["cosine_vs_torch_min"] > 0.9999
     assert res["engine"]["int8"]["precision"] == "int8"
-    for row in ("engine_ceiling", "cellmil_serial", "int8_ceiling", "int8_cellmil"):
+    for row in ("engine_ceiling", "cellmil_plain", "cellmil_serial", "int8_ceiling", "int8_cellmil"):
         assert len(res[row]["rounds_cells_per_s"]) == 2
+    assert res["stain_norm"] == "od-slide"  # mil.extract's default; (bn) runs without it
     r = res["ratios"]["cellmil/engine_ceiling"]
     assert r["rounds"] == pytest.approx([b / a for a, b in zip(
         res["engine_ceiling"]["rounds_cells_per_s"], res["cellmil"]["rounds_cells_per_s"],
         strict=True)])
     assert set(res["ratios"]) == {"cellmil/ceiling", "engine_ceiling/ceiling",
                                   "cellmil/engine_ceiling", "cellmil_serial/engine_ceiling",
+                                  "cellmil_plain/engine_ceiling", "cellmil/cellmil_plain",
                                   "int8_ceiling/ceiling", "int8_cellmil/ceiling",
                                   "int8_cellmil/int8_ceiling"}
 
 
-def test_extract_benchmark_torch_engine_has_no_engine_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stain", ["od-slide", "none"])
+def test_extract_benchmark_torch_engine_has_no_engine_rows(tmp_path: Path, stain: str) -> None:
     out = tmp_path / "extract.json"
     assert bench.main(["extract", "--backbone", "test_efficientnet", "--image-size", "32",
                        "--cells", "4", "--batch-size", "4", "--rounds", "1", "--skip-naive",
                        "--images", str(tmp_path / "none"), "--device", "cpu", "--engine",
-                       "torch", "--json", str(out)]) == 0
+                       "torch", "--stain-norm", stain, "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["engine"]["engine"] == "torch" and "engine_ceiling" not in res
-    assert set(res["ratios"]) == {"cellmil/ceiling"}
+    assert res["stain_norm"] == stain and ("cellmil_plain" in res) == (stain != "none")
+    assert set(res["ratios"]) == {"cellmil/ceiling"} | ({"cellmil/cellmil_plain"} if stain != "none" else set())
 
 
 def test_extract_benchmark_bad_rounds_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

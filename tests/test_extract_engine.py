@@ -156,3 +156,20 @@ def test_int8_small_batches_run_and_match_large_ones(tmp_path, cohort) -> None:
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(features(stores[1]), features(stores[8]))
+
+
+def test_int8_keeps_the_stem_convolution_in_fp32() -> None:
+    """The first convolution is left out of quantisation (it set the worst cells' cosine)."""
+    import torch
+
+    from mil.extract.backbone import build_backbone
+
+    bb = build_backbone("test_efficientnet", "none", 32)
+    calib = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    model = extract_engine.openvino_model(bb, calib)
+
+    def quantised(op) -> bool:  # int8 weights reach the convolution through a dequantising Multiply
+        return op.input_value(1).get_node().get_type_name() != "Constant"
+
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    assert len(convs) > 2 and not quantised(convs[0]) and quantised(convs[1])

@@ -158,3 +158,30 @@ def test_a_store_from_before_stain_norm_counts_as_unnormalised() -> None:
     check_same_features(old, {**old, "stain_norm": "none"}, "new.h5")
     with pytest.raises(CliError, match="stain_norm 'reinhard-slide"):
         check_same_features(old, {**old, "stain_norm": "reinhard-slide(mean=0;std=1)"}, "new.h5")
+
+
+def test_int8_calibration_cells_are_stain_normalised_like_the_extraction(tmp_path: Path) -> None:
+    from mil.extract.engine import cache_key, sample_cells
+
+    paths, slides = [], []
+    for s, gain in enumerate([(1.0, 1.0, 1.0), (1.35, 0.9, 0.75)]):
+        for j, im in enumerate(crops(Stain(gain=gain), n=6)):  # the same cells, another stain
+            paths.append(str(tmp_path / f"s{s}c{j}.png"))
+            slides.append(f"s{s}")
+            Image.fromarray(im).save(paths[-1])
+
+    def gap(cells) -> float:  # the slides' mean-colour difference of the sampled cells
+        x = cells.permute(0, 2, 3, 1).numpy().astype(float)  # (n, S, S, 3)
+        return float(np.abs(x[:6].mean((0, 1, 2)) - x[6:].mean((0, 1, 2))).max())
+
+    plain = sample_cells(paths, 12, 32, "bicubic")
+    normed = sample_cells(paths, 12, 32, "bicubic", slides, "od-slide")
+    assert normed.shape == plain.shape == (12, 3, 32, 32)
+    assert gap(normed) < 0.15 * gap(plain)
+    np.testing.assert_array_equal(sample_cells(paths, 12, 32, "bicubic", slides, "none"), plain)
+
+    class BB:
+        name, image_size, weights = "b", 32, {"sha256": "ab" * 8}
+
+    assert cache_key(BB(), "openvino", "int8", 300, "od-slide") != cache_key(BB(), "openvino", "int8", 300)
+    assert cache_key(BB(), "openvino", "32", 300, "od-slide") == cache_key(BB(), "openvino", "32", 300)

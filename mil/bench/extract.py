@@ -7,8 +7,9 @@ Numbers in cells/s, same backbone, batch size, threads and allocator settings:
 (e) engine ceiling: the engine ``mil.extract`` runs (``--engine``, default auto: OpenVINO on
     the CPU when installed) on the same in-memory batch, as the loader hands it over (uint8);
 (b) cellmil: ``mil.extract`` end to end with that engine from 400x400 JPEG files (decode,
-    batches across slides, atomic per-slide commits to an HDF5 store); with ``--serial-too``
-    also (b0), the same without decoding the next batch during the forward pass;
+    stain normalisation as configured, default ``od-slide``, batches across slides, atomic
+    per-slide commits to an HDF5 store); (bn) the same with ``--stain-norm none``; with
+    ``--serial-too`` also (b0), without decoding the next batch during the forward pass;
 (c) naive: the loop of typical extract scripts: one process, per slide open + timm transform
     each image, forward, write.
 ``--int8`` adds (e8) and (b8): the engine quantised to int8 (calibrated on the benchmark's
@@ -34,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from mil.extract.stain import STAIN_NORMS
+
 MATEK = Path(__file__).resolve().parents[3] / "shared" / "data" / "matek_lmu" / "myeloblast"
 
 
@@ -57,11 +60,25 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, help="folder of JPEGs to copy (default: matek or noise)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
                    help="as mil.extract (default auto)")
+    p.add_argument("--stain-norm", default=None, choices=list(STAIN_NORMS),
+                   help="as mil.extract (default: its); (bn) is always none")
     p.add_argument("--int8", action="store_true", help="also the engine at int8 (OpenVINO)")
     p.add_argument("--serial-too", action="store_true",
                    help="also cellmil without overlapping decode and forward")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--dir", default=None, help="work folder (default: a temp dir, removed)")
+
+
+def options(**over: Any) -> argparse.Namespace:
+    """This benchmark's options: its defaults, with ``over`` (for the benchmarks that reuse it)."""
+    p = argparse.ArgumentParser()
+    arguments(p)
+    opts = p.parse_args([])
+    unknown = set(over) - set(vars(opts))
+    if unknown:
+        raise TypeError(f"not options of mil.bench extract: {sorted(unknown)}")
+    vars(opts).update(over)
+    return opts
 
 
 def make_cells(root: Path, cells: int, per_slide: int, images: Path | None) -> None:
@@ -143,6 +160,8 @@ def extract_config(src: Path, out: Path, args: argparse.Namespace, **over: Any) 
                         batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                         precision=args.precision, channels_last=args.channels_last,
                         device=args.device, engine=args.engine)
+    if getattr(args, "stain_norm", None):
+        over.setdefault("stain_norm", args.stain_norm)
     return replace(cfg, **over)
 
 
@@ -203,10 +222,12 @@ def naive(bb: Any, src: Path, out: Path, args: argparse.Namespace, device: Any) 
 
 
 RATIOS = [("cellmil", "ceiling"), ("engine_ceiling", "ceiling"), ("cellmil", "engine_ceiling"),
+          ("cellmil_plain", "engine_ceiling"), ("cellmil", "cellmil_plain"),
           ("cellmil_serial", "engine_ceiling"), ("int8_ceiling", "ceiling"),
           ("int8_cellmil", "ceiling"), ("int8_cellmil", "int8_ceiling")]
 ROWS = {"ceiling": "(a) PyTorch ceiling, in memory", "engine_ceiling": "(e) engine ceiling, in memory",
-        "cellmil": "(b) cellmil, files -> store", "cellmil_serial": "(b0) same, decode not overlapped",
+        "cellmil": "(b) cellmil, files -> store", "cellmil_plain": "(bn) same, no stain norm",
+        "cellmil_serial": "(b0) same, decode not overlapped",
         "int8_ceiling": "(e8) int8 engine ceiling", "int8_cellmil": "(b8) cellmil int8, files -> store",
         "naive": "(c) naive loop, files -> h5"}
 
@@ -238,6 +259,8 @@ def _measures(bb: Any, args: argparse.Namespace, device: Any, src: Path, root: P
         info["cosine_vs_torch_min"] = min_cosine(engine.engine(x), ref)
         m["engine_ceiling"] = lambda: engine.round(args.cells)
     m["cellmil"] = lambda: _rate(cellmil(src, out, args), info)
+    if args.stain_norm != "none":
+        m["cellmil_plain"] = lambda: _rate(cellmil(src, out, args, stain_norm="none"), info)
     if args.serial_too:
         m["cellmil_serial"] = lambda: _rate(cellmil(src, out, args, overlap=False), info)
     if args.int8:
@@ -267,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device.type)
+    args.stain_norm = args.stain_norm or ExtractConfig().stain_norm
     args.batch_size, args.workers = runtime(
         ExtractConfig(batch_size=args.batch_size, workers=args.workers), device.type)
     tuned = keep_freed_memory() if device.type == "cpu" else False  # as mil.extract does
@@ -283,7 +307,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "backbone": args.backbone, "image_size": bb.image_size, "cells": args.cells,
             "device": str(device), "batch_size": args.batch_size, "precision": args.precision,
             "channels_last": args.channels_last, "torch_threads": torch.get_num_threads(),
-            "workers": args.workers, "rounds": args.rounds, "cpus": os.cpu_count(),
+            "workers": args.workers, "stain_norm": args.stain_norm, "rounds": args.rounds,
+            "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(), "malloc_tuned": tuned,
             "images": str(images) if images else "generated"}
         measures = _measures(bb, args, device, src, root)
@@ -318,7 +343,8 @@ def table(res: dict[str, Any]) -> str:
     lines = [f"extract: {res['backbone']} @ {res['image_size']} px, {res['cells']} cells "
              f"({res['images']}), {res['device']}, batch {res['batch_size']}, precision "
              f"{res['precision']}, channels_last {res['channels_last']}, {res['torch_threads']} "
-             f"torch threads, {res['workers']} workers, {res['rounds']} rounds, load "
+             f"torch threads, {res['workers']} workers, stain norm {res.get('stain_norm', 'none')}, "
+             f"{res['rounds']} rounds, load "
              f"{res['load_avg'][0]:.2f}"]
     e = res["engine"]
     lines.append(f"engine: {e['engine']} {e['precision']}, feature space {e['feature_space']}"
@@ -349,5 +375,6 @@ def markdown(res: dict[str, Any]) -> list[tuple[str, str]]:
     rates = [f"{ROWS[k].split(')')[0][1:]}: {res[k]['cells_per_s']:.1f}" for k in ROWS if k in res]
     ratios = ", ".join(f"{k} {v['median']:.2f} x" for k, v in res["ratios"].items())
     return [(f"extract, `{res['backbone']}` @ {res['image_size']} px, {res['device']}, engine "
-             f"{e['engine']} {e['precision']}, {res['rounds']} alternating rounds of {res['cells']}",
+             f"{e['engine']} {e['precision']}, stain norm {res.get('stain_norm', 'none')}, "
+             f"{res['rounds']} alternating rounds of {res['cells']}",
              f"cells/s ({', '.join(rates)}); median paired ratios: {ratios}")]

@@ -58,12 +58,9 @@ def skip_reason(args: argparse.Namespace) -> str | None:
 def _extract(args: argparse.Namespace) -> dict[str, Any]:
     from mil.bench import extract
 
-    opts = argparse.Namespace(
-        backbone=args.backbone, weights="none", image_size=args.image_size, cells=args.cells,
-        cells_per_slide=50, batch_size=4 if args.quick else None, workers=None,
-        rounds=args.rounds, device=args.device, threads=None, precision="bf16",
-        channels_last=True, images=None, engine="torch", int8=False, serial_too=False,
-        skip_naive=False, dir=None)
+    opts = extract.options(backbone=args.backbone, image_size=args.image_size, cells=args.cells,
+                           batch_size=4 if args.quick else None, rounds=args.rounds,
+                           device=args.device, precision="bf16", engine="torch")
     res = extract.run(opts)
     res["pin_memory"] = args.device == "cuda"  # mil.extract pins its batches on CUDA
     return res

@@ -99,12 +99,10 @@ def _fit_point(root: Path, bags: int, cells: int, args: argparse.Namespace) -> d
 
 
 def _extract_points(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from mil.bench.extract import MATEK, cellmil, make_cells
+    from mil.bench.extract import MATEK, cellmil, make_cells, options
 
-    opts = argparse.Namespace(backbone=args.backbone, weights="none", image_size=args.image_size,
-                              batch_size=None, workers=None, threads=args.threads or None,
-                              precision="auto", channels_last=True, device="cpu",
-                              engine=args.engine)
+    opts = options(backbone=args.backbone, image_size=args.image_size,
+                   threads=args.threads or None, device="cpu", engine=args.engine)
     images = Path(args.images) if args.images else MATEK
     images = images if images.is_dir() and any(images.glob("*.jpg")) else None
     out = []

@@ -137,8 +137,9 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Summary:
     bb = build_backbone(cfg.backbone, cfg.weights, cfg.image_size)
     with open_store(cfg.out, "a") as store:
         store.check_compatible(store_attrs(bb, cfg), cfg.overwrite)  # before any conversion
-        engine = build_engine(bb, cfg, device, [str(c.path) for cells in cohort.slides.values()
-                                                for c in cells], cfg.out)
+        flat = [c for cells in cohort.slides.values() for c in cells]
+        engine = build_engine(bb, cfg, device, [str(c.path) for c in flat], cfg.out,
+                              [c.slide_id for c in flat])
         store.init(store_attrs(bb, cfg, engine.record), overwrite=cfg.overwrite)
         save_config(cfg, config_path(cfg.out))
         plan = plan_resume(store, cohort, inputs, cfg.overwrite)
