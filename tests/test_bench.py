@@ -195,6 +195,7 @@ def test_extract_benchmark_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(res["ratios"]) == {"cellmil/ceiling", "engine_ceiling/ceiling",
                                   "cellmil/engine_ceiling", "cellmil_serial/engine_ceiling",
                                   "cellmil_plain/engine_ceiling", "cellmil/cellmil_plain",
+                                  "cellmil/serial_bound",
                                   "int8_ceiling/ceiling", "int8_cellmil/ceiling",
                                   "int8_cellmil/int8_ceiling"}
 
@@ -209,7 +210,10 @@ def test_extract_benchmark_torch_engine_has_no_engine_rows(tmp_path: Path, stain
     res = json.loads(out.read_text())
     assert res["engine"]["engine"] == "torch" and "engine_ceiling" not in res
     assert res["stain_norm"] == stain and ("cellmil_plain" in res) == (stain != "none")
-    assert set(res["ratios"]) == {"cellmil/ceiling"} | ({"cellmil/cellmil_plain"} if stain != "none" else set())
+    assert set(res["ratios"]) == {"cellmil/ceiling", "cellmil/serial_bound"} | (
+        {"cellmil/cellmil_plain"} if stain != "none" else set())
+    x, e = res["decode"]["rounds_cells_per_s"][0], res["ceiling"]["rounds_cells_per_s"][0]
+    assert x > 0 and res["serial_bound"]["rounds_cells_per_s"][0] == pytest.approx(1 / (1 / x + 1 / e))
 
 
 def test_extract_benchmark_bad_rounds_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

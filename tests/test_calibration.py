@@ -138,3 +138,21 @@ def test_fit_saves_the_rule_and_predict_adapts_prevalence(fit_run, tmp_path: Pat
     out = capsys.readouterr().out
     assert "prevalence of this cohort by EM over 12 slides: A " in out
     assert "calls per class, fixed rule -> adapted to that prevalence" in out
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"unknown_field": 1}', "\udcff"])
+def test_damaged_run_records_are_one_line_errors_naming_the_file(tmp_path, content) -> None:
+    from mil.errors import CliError
+    from mil.train.calibration import DecisionRule
+    from mil.train.conformal import FILE as CONFORMAL
+    from mil.train.conformal import ConformalScores
+    from mil.train.panel_calibration import load_panel_rule
+
+    for name in ("calibration.json", CONFORMAL):
+        (tmp_path / name).write_bytes(content.encode("utf-8", "surrogateescape"))
+    for load, what in ((DecisionRule.load, "not a calibration file"),
+                       (ConformalScores.load, "not a conformal scores file"),
+                       (load_panel_rule, "not a multi-label calibration file")):
+        with pytest.raises(CliError, match=what) as err:
+            load(tmp_path)
+        assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)

@@ -81,16 +81,12 @@ def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: b
         keep_freed_memory()
     engine = engine or TorchEngine(bb, device, resolve_precision(cfg.precision, device.type),
                                    cfg.channels_last)
-    batch_size, workers = runtime(cfg, device.type)
     threads, compiled = torch.get_num_threads(), engine.name != "torch"
     if compiled:
         torch.set_num_threads(1)  # torch only resizes now, one image per decoding thread
-    stain = build_normaliser(cfg.stain_norm, sink.cells)
-    ds = CellImages([str(c.path) for c in sink.cells], bb.image_size, bb.interpolation,
-                    threads=threads if workers == 0 else 1, resize_each=compiled, stain=stain)
-    loader = make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
+    loader = cell_loader(bb, cfg, sink.cells, device, compiled, threads)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    bar = tqdm(total=len(ds), unit="cell", disable=None if progress else True, dynamic_ncols=True,
+    bar = tqdm(total=len(sink.cells), unit="cell", disable=None if progress else True, dynamic_ncols=True,
                smoothing=0.1, file=sys.stderr)
 
     def finish(index: Any, ok: Any, job: Any) -> None:
@@ -115,6 +111,18 @@ def embed(bb: Any, sink: SlideSink, cfg: ExtractConfig, device: Any, progress: b
     finally:
         engine.close()
         torch.set_num_threads(threads)
+
+
+def cell_loader(bb: Any, cfg: ExtractConfig, cells: list[Any], device: Any, compiled: bool,
+                threads: int) -> Any:
+    """The ordered loader of ``cells`` (objects with ``path`` and ``slide_id``) as the embedding
+    loop reads them: decoded on ``threads`` threads (or worker processes), stain-normalised,
+    resized per image beside a ``compiled`` engine, uint8 batches."""
+    batch_size, workers = runtime(cfg, device.type)
+    ds = CellImages([str(c.path) for c in cells], bb.image_size, bb.interpolation,
+                    threads=threads if workers == 0 else 1, resize_each=compiled,
+                    stain=build_normaliser(cfg.stain_norm, cells))
+    return make_loader(ds, batch_size, workers, pin_memory=device.type == "cuda")
 
 
 def resolve_device(name: str) -> Any:

@@ -29,13 +29,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from mil.errors import CliError
 from mil.train.metrics import slide_metrics
+
+R = TypeVar("R")
 
 FILE = "calibration.json"
 EPS = 1e-12
@@ -144,10 +146,15 @@ class DecisionRule:
         path = Path(run_dir) / FILE
         if not path.is_file():
             return None
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise CliError(f"{path}: not a calibration file ({err})") from None
+        return read_record(cls, path, "calibration file")
+
+
+def read_record(cls: type[R], path: Path, what: str) -> R:
+    """A dataclass a run wrote as JSON; a damaged or foreign file is a one-line CliError."""
+    try:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        raise CliError(f"{path}: not a {what} ({err})") from None
 
 
 def fit_rule(probs: np.ndarray, labels: np.ndarray, classes: list[str],

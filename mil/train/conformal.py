@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mil.errors import CliError
+from mil.train.calibration import read_record
 
 FILE = "conformal.json"
 
@@ -83,10 +84,7 @@ class ConformalScores:
         if not path.is_file():
             raise CliError(f"{run_dir}: no {FILE} (fitted by an older mil.fit?); re-run mil.fit "
                            "on this folder to store the out-of-fold nonconformity scores")
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise CliError(f"{path}: not a conformal scores file ({err})") from None
+        return read_record(cls, path, "conformal scores file")
 
     def thresholds(self, alpha: float) -> list[float]:
         """q per target (multilabel) or a one-element list (multiclass)."""

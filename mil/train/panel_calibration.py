@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mil.errors import CliError
-from mil.train.calibration import FILE, best_threshold
+from mil.train.calibration import FILE, best_threshold, read_record
 
 EPS = 1e-6
 
@@ -85,10 +85,7 @@ def load_panel_rule(run_dir: Path) -> PanelRule:
     path = Path(run_dir) / FILE
     if not path.is_file():
         raise CliError(f"{run_dir}: no {FILE}; has mil.fit --task multilabel finished?")
-    try:
-        return PanelRule(**json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise CliError(f"{path}: not a multi-label calibration file ({err})") from None
+    return read_record(PanelRule, path, "multi-label calibration file")
 
 
 def fit_panel_rule(probs: np.ndarray, y: np.ndarray, targets: list[str],
