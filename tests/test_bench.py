@@ -27,6 +27,8 @@ def test_all_runs_every_registered_benchmark(tmp_path: Path, monkeypatch: pytest
 
     import torch
 
+    from mil.extract.engine import importable
+
     calls = []
     for name, module in bench.BENCHMARKS.items():
         mod = importlib.import_module(module)
@@ -37,6 +39,9 @@ def test_all_runs_every_registered_benchmark(tmp_path: Path, monkeypatch: pytest
     ran = [n for n in bench.BENCHMARKS if n != "gpu" or torch.cuda.is_available()]
     assert [c[0] for c in calls] == ran
     assert next(a for n, a in calls if n == "store").bags == 100  # quick sizes applied
+    ext = next(a for n, a in calls if n == "extract")  # the README's rows: serial, int8, compile
+    assert ext.serial_too and ext.int8 == importable("openvino")
+    assert next(a for n, a in calls if n == "fit").compile
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved) == {"machine", "benchmarks", *bench.BENCHMARKS}
     if not torch.cuda.is_available():

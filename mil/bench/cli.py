@@ -23,9 +23,12 @@ from types import ModuleType
 from mil.bench.machine import machine
 from mil.bench.report import load, markdown
 from mil.cli import Command, build_parser, run_command
+from mil.extract.engine import importable
 
 BENCHMARKS = {"extract": "mil.bench.extract", "store": "mil.bench.store", "fit": "mil.bench.fit",
               "scale": "mil.bench.scale", "gpu": "mil.bench.gpu"}
+# ``all``: every row the README's table reports (int8 and serial extraction, torch.compile)
+FULL_ARGS = {"extract": ["--int8", "--serial-too"], "fit": ["--compile"]}
 # ``all --quick``: smaller sizes per benchmark, for a smoke run or a slow machine
 QUICK_ARGS = {"store": ["--bags", "100"], "extract": ["--cells", "128", "--rounds", "2"], "fit": ["--quick"],
               "scale": ["--quick"], "gpu": ["--quick"]}
@@ -56,7 +59,8 @@ def _all_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    """Every benchmark with its defaults (or QUICK_ARGS); one JSON and one table in ``out``."""
+    """Every benchmark with its defaults and FULL_ARGS (and QUICK_ARGS); one JSON and one table
+    in ``out``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parser = build_parser(COMMAND, "python -m mil.bench")
@@ -64,7 +68,9 @@ def run_all(args: argparse.Namespace) -> None:
     tables = [f"machine: {json.dumps(results['machine'])}"]
     for name, module in BENCHMARKS.items():
         print(f"== bench {name}", flush=True)
-        bench_args = parser.parse_args([name, *(QUICK_ARGS[name] if args.quick else []),
+        extra = [a for a in FULL_ARGS.get(name, []) if name != "extract" or importable("openvino")
+                 or a != "--int8"]  # int8 needs OpenVINO (the [cpu] extra)
+        bench_args = parser.parse_args([name, *extra, *(QUICK_ARGS[name] if args.quick else []),
                                         *(["--out", str(out)] if name == "gpu" else [])])
         mod = importlib.import_module(module)
         reason = mod.skip_reason(bench_args) if hasattr(mod, "skip_reason") else None
