@@ -9,6 +9,13 @@ thresholds (``mallopt``, the same knobs as the ``MALLOC_MMAP_THRESHOLD_`` enviro
 but settable after start-up) keeps those blocks on the heap for reuse: zero faults in steady
 state. PyTorch's CPU tuning guide recommends the same effect via jemalloc/tcmalloc; this needs
 no extra library. Elsewhere than glibc (macOS, musl, Windows) the call does nothing.
+
+Streaming bags from a store is the opposite case: every bag is a new multi-megabyte read, and
+with glibc's dynamic mmap threshold the freed reads leave holes in the heap that it does not
+give back, so peak RSS grew with the cohort (1.0 GB at 250 bags, 1.6 GB at 4,000 in ``mil.bench
+scale``; ~2 MB per training step). :func:`trim_freed_memory` (``malloc_trim``) returns those
+holes to the kernel; called every few steps it keeps RSS flat at no measurable cost per step,
+where a fixed low mmap threshold kept it flat too but made each step 20-50% slower.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from typing import Any
 
 log = logging.getLogger("mil.allocator")
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
@@ -32,12 +40,9 @@ def keep_freed_memory(limit: int = DEFAULT_BYTES) -> bool:
     """
     if _applied:
         return _applied[0] == limit
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None:  # not glibc
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(M_MMAP_THRESHOLD, limit) == 1 and mallopt(M_TRIM_THRESHOLD, limit) == 1
@@ -45,3 +50,23 @@ def keep_freed_memory(limit: int = DEFAULT_BYTES) -> bool:
         _applied.append(limit)
         log.debug("glibc mmap/trim thresholds set to %d bytes", limit)
     return ok
+
+
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim(0)``); True when
+    something was released. Does nothing elsewhere than glibc."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

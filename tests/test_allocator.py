@@ -45,3 +45,30 @@ def test_keep_freed_memory_is_idempotent() -> None:
 
     first = keep_freed_memory()
     assert keep_freed_memory() is first
+
+
+TRIM_PROBE = """
+import numpy as np
+from mil.allocator import keep_freed_memory, trim_freed_memory
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) >> 10
+keep_freed_memory()  # every block on the heap, as a streamed epoch's bag reads end up
+blocks = [np.ones(1 << 20, np.uint8) for _ in range(300)]  # 300 MiB of 1 MiB reads
+keep = blocks[-1]
+del blocks  # freed, but held by the heap (the last block pins its top)
+held = rss()
+released = trim_freed_memory()
+print(released, held, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_freed_memory_gives_freed_heap_pages_back() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], check=True, capture_output=True,
+                         text=True).stdout.split()
+    released, held, after = out[0], int(out[1]), int(out[2])
+    assert released == "True" and held - after > 250  # MiB back to the kernel

@@ -188,3 +188,22 @@ def test_datamodule_batches_in_the_dtype_the_run_asks_for(tmp_path: Path):
         dm = BagDataModule(source, label_of, ids, ids, batch_size=2, feature_dtype=dtype)
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
             assert next(iter(loader))["feats"].dtype == want
+
+
+def test_streaming_trims_the_heap_every_few_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import mil.train.data as data
+
+    st = make_store(tmp_path / "s.h5", slides=3, cells=(6, 12), dim=4)
+    trims: list[int] = []
+    monkeypatch.setattr(data, "trim_freed_memory", lambda: trims.append(1) or True)
+    monkeypatch.setattr(data, "TRIM_EVERY", 4)
+    ram = BagSource(st.path, st.slides())
+    for _ in range(3):
+        for sid in st.slides():
+            ram.get(sid)
+    assert trims == []  # preloaded bags are read once, nothing to give back
+    disk = BagSource(st.path, st.slides(), stream=True)
+    for _ in range(3):
+        for sid in st.slides():
+            disk.get(sid)
+    assert len(trims) == 9 // 4  # one trim per 4 streamed reads

@@ -25,9 +25,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mil.allocator import trim_freed_memory
 from mil.store import BLAST_PROB, SlideId, open_store
 from mil.train.instance_weights import InstanceWeights, check_one_filter
 
+TRIM_EVERY = 160  # streamed bag reads between heap trims (10 steps of 16 bags)
 log = logging.getLogger("mil")
 
 
@@ -68,6 +70,7 @@ class BagSource:
             self.rows[sid], self.prob[sid] = rows, prob
             self.length[sid] = n if rows is None else int(rows.size)
         self.feats: dict[SlideId, np.ndarray] | None = None
+        self.reads = 0
         need = sum(self.length.values()) * max(self.feature_dim, 1) * 2
         if not stream and need > available_memory() // 2:
             log.warning("features need %.1f GiB as float16, more than half the available "
@@ -78,7 +81,13 @@ class BagSource:
             self.feats = {sid: self._read(sid, None) for sid in slide_ids}
 
     def _read(self, sid: SlideId, pick: np.ndarray | None) -> np.ndarray:
-        """float16 features (n, D) of the kept rows, or of ``pick`` (indices into them)."""
+        """float16 features (n, D) of the kept rows, or of ``pick`` (indices into them).
+        Streaming, every :data:`TRIM_EVERY` reads give the heap's freed pages back
+        (:func:`mil.allocator.trim_freed_memory`), so RSS does not grow with the cohort."""
+        if self.streaming:
+            self.reads += 1
+            if self.reads % TRIM_EVERY == 0:
+                trim_freed_memory()
         rows = self.rows[sid]
         if pick is not None:
             rows = pick if rows is None else rows[pick]
