@@ -216,7 +216,8 @@ class CellImages:
             sample = self.stain.sample(sid)
             raw = list(run(self._read, sample))
             self._held.update(zip(sample, raw, strict=True))
-            self.stain.fit_slides({sid: [im.numpy() for im in raw if im is not None]})
+            parts = list(run(self.stain.partial, [im.numpy() for im in raw if im is not None]))
+            self.stain.fit_partials(sid, parts)
 
     def _read(self, i: int) -> Any:
         """Cell ``i`` decoded, ``uint8 (H, W, 3)``; None if unreadable or empty."""

@@ -34,11 +34,13 @@ _LAB2LOG = np.linalg.inv(_LOG2LAB).astype(np.float32)
 _EPS = 1.0 / 255.0
 
 # mean and std per l-alpha-beta channel over every 4th pixel of the 1,150 Matek cells
-# (../shared/data/matek_lmu, CC BY 3.0; recomputed by tests/test_stain.py when present)
+# (../shared/data/matek_lmu, CC BY 3.0; recomputed by tests/test_stain.py when present).
+# Summed in float64: the float32 sums these were first measured with were 2-3% off
+# (0.2444, 0.6213, 0.1972 for the OD), so stores made with those references differ.
 DEFAULT_REFERENCE: tuple[tuple[float, float, float], tuple[float, float, float]] = (
-    (-0.2413, -0.0567, 0.0105), (0.3018, 0.1324, 0.0213))
+    (-0.2476, -0.0566, 0.0107), (0.3025, 0.1366, 0.0220))
 # mean optical density (red, green, blue) over every 4th pixel of the same 1,150 cells
-DEFAULT_OD: tuple[float, float, float] = (0.2444, 0.6213, 0.1972)
+DEFAULT_OD: tuple[float, float, float] = (0.2501, 0.6354, 0.1973)
 
 SLIDE_SAMPLE = 64  # crops per slide whose pixels give the slide's statistics
 
@@ -60,10 +62,27 @@ def to_od(rgb: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
 
 
+def od_histogram(rgb: np.ndarray, step: int = 1) -> np.ndarray:
+    """Counts (768,) of each grey level per channel (red, green, blue) over every ``step``-th
+    pixel of a uint8 RGB (H, W, 3) crop: the statistic a slide's mean OD is pooled from."""
+    from PIL import Image
+
+    sub = np.ascontiguousarray(rgb[::step, ::step])  # (h, w, 3)
+    return np.asarray(Image.fromarray(sub, "RGB").histogram(), np.int64)
+
+
+def od_from_histogram(hist: np.ndarray) -> np.ndarray:
+    """Mean optical density (3,) from per-channel level counts (768,); summed in float64."""
+    od = to_od(np.arange(256, dtype=np.uint8)).astype(np.float64)  # (256,) OD of each level
+    counts = np.asarray(hist, np.int64).reshape(3, 256)  # (3, 256)
+    mean = (counts * od).sum(1) / np.maximum(counts.sum(1), 1)  # (3,)
+    return np.maximum(mean.astype(np.float32), 1e-3)
+
+
 def od_stats(images: Sequence[np.ndarray], step: int = 1) -> np.ndarray:
-    """Mean optical density (3,) over every ``step``-th pixel of ``images``."""
-    od = np.concatenate([to_od(im[::step, ::step]).reshape(-1, 3) for im in images])  # (P, 3)
-    return np.maximum(od.mean(0), 1e-3)
+    """Mean optical density (3,) over every ``step``-th pixel of ``images`` (from their
+    histograms: OD is a function of the grey level, so no pixel is converted)."""
+    return od_from_histogram(sum((od_histogram(im, step) for im in images), np.zeros(768, np.int64)))
 
 
 def od_table(mean_od: np.ndarray, reference: Sequence[float] = DEFAULT_OD) -> list[int]:
@@ -93,7 +112,8 @@ def apply_table(rgb: np.ndarray, table: list[int]) -> np.ndarray:
 def lab_stats(images: Sequence[np.ndarray], step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (3,) per l-alpha-beta channel over every ``step``-th pixel of ``images``."""
     lab = np.concatenate([to_lab(im[::step, ::step]).reshape(-1, 3) for im in images])  # (P, 3)
-    return lab.mean(0), np.maximum(lab.std(0), 1e-4)
+    mean, std = lab.mean(0, dtype=np.float64), lab.std(0, dtype=np.float64)  # float32 sums drift
+    return mean.astype(np.float32), np.maximum(std, 1e-4).astype(np.float32)
 
 
 def transfer(rgb: np.ndarray, stats: tuple[np.ndarray, np.ndarray],
@@ -110,8 +130,9 @@ class StainNormaliser:
 
     ``slide_of[i]`` names cell i's slide. The per-slide modes need each slide's statistics
     before its first crop: :meth:`missing` names the slides of a batch still without them,
-    :meth:`sample` gives the cells to measure, :meth:`fit_slides` takes their decoded crops
-    (the extractor keeps those crops for the main pass, so no crop is decoded twice).
+    :meth:`sample` gives the cells to measure, :meth:`partial` and :meth:`fit_partials` (or
+    :meth:`fit_slides`) take their decoded crops (the extractor keeps those crops for the main
+    pass, so no crop is decoded twice).
     """
 
     def __init__(self, mode: str, reference: tuple[Sequence[float], Sequence[float]] = DEFAULT_REFERENCE,
@@ -137,14 +158,25 @@ class StainNormaliser:
         cells = self.members[slide]
         return [cells[j] for j in sample_indices(len(cells))]
 
-    def fit_slides(self, images_of: dict[str, list[np.ndarray]]) -> None:
-        """Each slide's statistics from (a sample of) its decoded crops; a slide with no
+    def partial(self, rgb: np.ndarray) -> Any:
+        """One sample crop's share of its slide's statistics (computed on the decoding
+        threads): level counts for ``od-slide``, the crop itself for ``reinhard-slide``."""
+        return od_histogram(rgb, step=2) if self.mode == "od-slide" else rgb
+
+    def fit_partials(self, slide: str, parts: list[Any]) -> None:
+        """A slide's statistics from its sample crops' :meth:`partial`; a slide with no
         readable crop gets a white one's."""
-        stats = od_stats if self.mode == "od-slide" else lab_stats
+        parts = parts or [self.partial(np.full((2, 2, 3), 255, np.uint8))]
+        if self.mode == "od-slide":
+            self.slide_stats[slide] = od_from_histogram(sum(parts, np.zeros(768, np.int64)))
+            self.tables[slide] = od_table(self.slide_stats[slide])
+        else:
+            self.slide_stats[slide] = lab_stats(parts, step=2)
+
+    def fit_slides(self, images_of: dict[str, list[np.ndarray]]) -> None:
+        """Each slide's statistics from (a sample of) its decoded crops."""
         for sid, images in images_of.items():
-            self.slide_stats[sid] = stats(images or [np.full((1, 1, 3), 255, np.uint8)], step=2)
-            if self.mode == "od-slide":
-                self.tables[sid] = od_table(self.slide_stats[sid])
+            self.fit_partials(sid, [self.partial(im) for im in images])
 
     def __call__(self, i: int, im: Any) -> Any:
         """Crop ``i`` (a uint8 (H, W, 3) tensor) normalised, as a tensor."""
