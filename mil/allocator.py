@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 from typing import Any
@@ -52,7 +53,9 @@ def keep_freed_memory(limit: int = DEFAULT_BYTES) -> bool:
     return ok
 
 
+@functools.cache
 def _libc() -> Any:
+    """The C library (loaded once), or None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -176,9 +176,11 @@ def test_extract_benchmark_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert bench.main(["extract", "--backbone", "test_efficientnet", "--image-size", "32",
                        "--cells", "7", "--cells-per-slide", "3", "--batch-size", "4",
                        "--rounds", "2", "--images", str(tmp_path / "none"), "--device", "cpu",
-                       "--serial-too", "--int8", "--json", str(out)]) == 0
+                       "--serial-too", "--int8", "--json", str(out), "--dir", str(tmp_path / "w")]) == 0
     res = json.loads(out.read_text())
     assert res["images"] == "generated" and res["batch_size"] == 4 and res["workers"] == 0
+    # (e8) measures the int8 model (b8) runs: one conversion, calibrated as mil.extract does
+    assert len(list((tmp_path / "w" / "cellmil_int8.h5.engines").iterdir())) == 1
     assert len(res["ceiling"]["rounds_cells_per_s"]) == len(res["cellmil"]["rounds_cells_per_s"]) == 2
     assert res["cellmil"]["cells"] == 7 and res["naive"]["cells_per_s"] > 0
     assert res["cellmil"]["cells_per_s"] == max(res["cellmil"]["rounds_cells_per_s"])

@@ -171,7 +171,9 @@ class EngineCeiling:
     def __init__(self, bb: Any, cfg: Any, device: Any, paths: list[str], x: Any):
         from mil.extract.engine import build_engine
 
-        self.engine = build_engine(bb, cfg, device, paths, cfg.out)
+        slides = [Path(p).parent.name for p in paths]  # folder layout: ROOT/<slide>/cell.jpg
+        # the model (b) will run: calibrated as mil.extract calibrates, cached where it looks
+        self.engine = build_engine(bb, cfg, device, paths, cfg.out, slides)
         self.x = x  # (B, 3, S, S) uint8, channels_last
         self.engine(self.x)  # warm-up
 
