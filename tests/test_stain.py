@@ -124,6 +124,46 @@ def test_slide_statistics_come_from_the_main_pass_decoding_each_crop_once(
     assert not ds._held  # nothing stays decoded after its batch
 
 
+@pytest.mark.parametrize("each", [False, True], ids=["batch-resize", "resize-each"])
+@pytest.mark.parametrize("mode", ["od-slide", "reinhard"])
+def test_crops_are_normalised_after_the_resize(tmp_path: Path, mode: str, each: bool) -> None:
+    import torch
+
+    from mil.extract.images import CellImages, decode, resize_batch
+
+    paths = []
+    for j, im in enumerate(crops(Stain(gain=(1.3, 0.9, 0.8)), n=4)):  # 48 px crops
+        paths.append(str(tmp_path / f"c{j}.png"))
+        Image.fromarray(im).save(paths[-1])
+    norm = StainNormaliser(mode, slide_of=["a"] * 4)
+    rows = CellImages(paths, 24, threads=2, resize_each=each, stain=norm).__getitems__([0, 1, 2, 3])
+    ref = StainNormaliser(mode, slide_of=["a"] * 4)
+    if mode == "od-slide":  # the slide's statistics come from the full-size crops
+        ref.fit_slides({"a": [decode(p).numpy() for p in paths]})
+        np.testing.assert_array_equal(norm.slide_stats["a"], ref.slide_stats["a"])
+    for i, (_, x, ok) in enumerate(rows):
+        assert ok
+        assert torch.equal(x, ref(i, resize_batch([decode(paths[i])], 24)[0]))
+        assert not torch.equal(x, resize_batch([ref(i, decode(paths[i]))], 24)[0])  # not before
+
+
+def test_a_slide_sample_spans_the_slide_and_takes_every_cell_of_a_small_one() -> None:
+    assert sample_indices(5) == [0, 1, 2, 3, 4]
+    assert sample_indices(40) == list(range(40))  # it once took only cells 0-24 of 40
+    big = sample_indices(1000)
+    assert len(big) == 64 and big[0] == 0 and big[-1] == 999
+    assert max(np.diff(big)) - min(np.diff(big)) <= 1
+    assert sample_indices(1) == [0] and sample_indices(0) == []
+
+
+def test_a_store_normalised_before_the_resize_is_refused_for_mixing() -> None:
+    made_before = {"backbone": "b", "stain_norm": "od-slide(od=0.2501,0.6354,0.1973)"}
+    now = StainNormaliser("od-slide").record()
+    assert now.startswith(made_before["stain_norm"][:-1]) and now.endswith(";after=resize)")
+    with pytest.raises(CliError, match="stain_norm"):
+        check_same_features(made_before, {**made_before, "stain_norm": now}, "new.h5")
+
+
 def test_extract_records_stain_norm_and_refuses_mixing(tmp_path: Path, capsys) -> None:
     root = tmp_path / "cohort"
     for s, gain in enumerate([(1.0, 1.0, 1.0), (1.3, 1.0, 0.8)]):
@@ -134,7 +174,7 @@ def test_extract_records_stain_norm_and_refuses_mixing(tmp_path: Path, capsys) -
     assert main([str(root), str(tmp_path / "slide.h5"), "--stain-norm", "reinhard-slide", *TINY]) == 0
     assert main([str(root), str(tmp_path / "default.h5"), *TINY]) == 0
     with open_store(tmp_path / "default.h5") as d:
-        assert d.attrs["stain_norm"].startswith("od-slide(od=0.2501,0.6354,0.1973)")  # the default
+        assert d.attrs["stain_norm"] == "od-slide(od=0.2501,0.6354,0.1973;after=resize)"  # the default
     with open_store(tmp_path / "plain.h5") as a, open_store(tmp_path / "slide.h5") as b:
         assert a.attrs["stain_norm"] == "none"
         assert b.attrs["stain_norm"].startswith("reinhard-slide(mean=-0.2476")

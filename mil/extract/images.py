@@ -162,8 +162,10 @@ class CellImages:
     decoding in the main process between forward passes. ``resize_each``: every decoding thread
     resizes its own image instead (for torch at one thread, while a compiled engine computes:
     torch's parallel resize next to another runtime's threads ran 6x slower than one thread).
-    ``stain``: normalises each decoded crop; a per-slide mode measures a slide's sample crops
-    before the slide's first batch and keeps them decoded until their own batch.
+    ``stain``: normalises each resized crop (the backbone's pixels: 3x fewer than a 400 px
+    crop's, and the lookup costs 0.36 instead of 1.3 ms); a per-slide mode measures a slide's
+    sample crops at full size before the slide's first batch and keeps them decoded until
+    their own batch.
     """
 
     paths: list[str]
@@ -187,12 +189,13 @@ class CellImages:
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
         out: list[tuple[int, Any, bool]] = []
         try:
-            for start in range(0, len(indices), DECODE_CHUNK):
-                part = indices[start:start + DECODE_CHUNK]
+            chunk = len(indices) if self.resize_each else DECODE_CHUNK  # each is small already
+            for start in range(0, len(indices), chunk):
+                part = indices[start:start + chunk]
                 run = pool.map if pool else map  # the decoders drop the GIL
                 self._fit_stain(part, run)
                 images = list(run(self._decoded, part))
-                out += self._resized(part, images)
+                out += self._normalised(self._resized(part, images), run)
         finally:
             if pool:
                 pool.shutdown()
@@ -206,6 +209,14 @@ class CellImages:
         blank = torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
         return [(i, next(resized) if im is not None else blank, im is not None)
                 for i, im in zip(indices, images, strict=True)]
+
+    def _normalised(self, rows: list[tuple[int, Any, bool]], run: Any) -> list[tuple[int, Any, bool]]:
+        """Rows of a batch resize, stain-normalised on the decoding threads (``resize_each``:
+        each thread normalised its own crop already)."""
+        if self.stain is None or self.resize_each:
+            return rows
+        stain = self.stain
+        return list(run(lambda r: (r[0], stain(r[0], r[1]), True) if r[2] else r, rows))
 
     def _fit_stain(self, indices: list[int], run: Any) -> None:
         """Measure the slides of ``indices`` that lack stain statistics on their sample crops,
@@ -228,12 +239,12 @@ class CellImages:
         return None if im.shape[0] == 0 or im.shape[1] == 0 else im
 
     def _decoded(self, i: int) -> Any:
+        """Cell ``i`` decoded; with ``resize_each`` also resized and stain-normalised."""
         im = self._held.pop(i) if i in self._held else self._read(i)
-        if im is None:
-            return None
-        if self.stain is not None:
-            im = self.stain(i, im)
-        return resize_batch([im], self.size, self.interpolation)[0] if self.resize_each else im
+        if im is None or not self.resize_each:
+            return im
+        im = resize_batch([im], self.size, self.interpolation)[0]
+        return self.stain(i, im) if self.stain is not None else im
 
 
 def collate_cells(batch: list[tuple[int, Any, bool]]) -> tuple[Any, Any, Any]:

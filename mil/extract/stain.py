@@ -43,6 +43,10 @@ DEFAULT_REFERENCE: tuple[tuple[float, float, float], tuple[float, float, float]]
 DEFAULT_OD: tuple[float, float, float] = (0.2501, 0.6354, 0.1973)
 
 SLIDE_SAMPLE = 64  # crops per slide whose pixels give the slide's statistics
+# Crops are normalised after the resize to the backbone's size (the statistics still come from
+# the full-size sample crops). Stores made before normalised the full-size crop, which gives
+# other pixels; their record lacks this mark, so they are refused for mixing.
+APPLIED = "after=resize"
 
 
 def to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -189,11 +193,11 @@ class StainNormaliser:
         return torch.from_numpy(transfer(rgb, stats, self.reference))
 
     def record(self) -> str:
-        """The provenance value: mode and reference numbers."""
+        """The provenance value: mode, reference numbers, and where it acts (:data:`APPLIED`)."""
         if self.mode == "od-slide":
-            return f"od-slide(od={','.join(f'{v:.4f}' for v in DEFAULT_OD)})"
+            return f"od-slide(od={','.join(f'{v:.4f}' for v in DEFAULT_OD)};{APPLIED})"
         mean, std = (",".join(f"{v:.4f}" for v in vals) for vals in self.reference)
-        return f"{self.mode}(mean={mean};std={std})"
+        return f"{self.mode}(mean={mean};std={std};{APPLIED})"
 
 
 def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
@@ -205,5 +209,7 @@ def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
 
 
 def sample_indices(n: int, k: int = SLIDE_SAMPLE) -> list[int]:
-    """Up to ``k`` evenly spaced indices of ``range(n)`` (deterministic)."""
-    return sorted({round(j * (n - 1) / max(k - 1, 1)) for j in range(min(n, k))})
+    """``min(n, k)`` evenly spaced indices of ``range(n)``, first and last included
+    (deterministic): every index when ``n <= k``."""
+    m = min(n, k)
+    return sorted({round(j * (n - 1) / max(m - 1, 1)) for j in range(m)})
