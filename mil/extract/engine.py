@@ -284,7 +284,11 @@ def cache_key(bb: Any, engine: str, precision: str, calib_cells: int, stain_norm
     also its calibration (cells, and the stain normalisation they had)."""
     sha = str(bb.weights.get("sha256") or "none")[:16]
     extra = f"-cal{calib_cells}" if precision == "int8" else ""
-    extra += f"-{stain_norm}-resized" if precision == "int8" and stain_norm != "none" else ""
+    if precision == "int8" and stain_norm != "none":
+        from mil.extract.stain import StainNormaliser
+
+        record = StainNormaliser(stain_norm).record()  # reference, order, slide statistics
+        extra += f"-{stain_norm}-{hashlib.sha256(record.encode()).hexdigest()[:8]}"
     return f"{bb.name}-{sha}-{bb.image_size}px-{engine}-{SPACE_NAME.get(precision, precision)}{extra}"
 
 
