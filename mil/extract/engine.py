@@ -285,9 +285,9 @@ def cache_key(bb: Any, engine: str, precision: str, calib_cells: int, stain_norm
     sha = str(bb.weights.get("sha256") or "none")[:16]
     extra = f"-cal{calib_cells}" if precision == "int8" else ""
     if precision == "int8" and stain_norm != "none":
-        from mil.extract.stain import StainNormaliser
+        from mil.extract.stain import stain_record
 
-        record = StainNormaliser(stain_norm).record()  # reference, order, slide statistics
+        record = stain_record(stain_norm)  # reference, order, slide statistics
         extra += f"-{stain_norm}-{hashlib.sha256(record.encode()).hexdigest()[:8]}"
     return f"{bb.name}-{sha}-{bb.image_size}px-{engine}-{SPACE_NAME.get(precision, precision)}{extra}"
 

@@ -211,9 +211,8 @@ class CellImages:
                 for i, im in zip(indices, images, strict=True)]
 
     def _normalised(self, rows: list[tuple[int, Any, bool]], run: Any) -> list[tuple[int, Any, bool]]:
-        """Rows of a batch resize, stain-normalised on the decoding threads (``resize_each``:
-        each thread normalised its own crop already)."""
-        if self.stain is None or self.resize_each:
+        """Resized rows, stain-normalised on the decoding threads."""
+        if self.stain is None:
             return rows
         stain = self.stain
         return list(run(lambda r: (r[0], stain(r[0], r[1]), True) if r[2] else r, rows))
@@ -239,12 +238,11 @@ class CellImages:
         return None if im.shape[0] == 0 or im.shape[1] == 0 else im
 
     def _decoded(self, i: int) -> Any:
-        """Cell ``i`` decoded; with ``resize_each`` also resized and stain-normalised."""
+        """Cell ``i`` decoded; with ``resize_each`` also resized."""
         im = self._held.pop(i) if i in self._held else self._read(i)
         if im is None or not self.resize_each:
             return im
-        im = resize_batch([im], self.size, self.interpolation)[0]
-        return self.stain(i, im) if self.stain is not None else im
+        return resize_batch([im], self.size, self.interpolation)[0]
 
 
 def collate_cells(batch: list[tuple[int, Any, bool]]) -> tuple[Any, Any, Any]:

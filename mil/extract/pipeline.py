@@ -32,7 +32,7 @@ from mil.extract.images import CellImages, make_loader
 from mil.extract.resume import finish, plan_resume
 from mil.extract.sink import SlideSink, Summary
 from mil.extract.sources import find_cells
-from mil.extract.stain import build_normaliser
+from mil.extract.stain import build_normaliser, stain_record
 from mil.outputs import require_writable
 from mil.store import backend_of, open_store
 
@@ -44,15 +44,8 @@ def store_attrs(bb: Any, cfg: ExtractConfig, engine: dict[str, Any] | None = Non
     versions = {"cellmil": __version__, "torch": torch.__version__, "timm": timm.__version__,
                 "pillow": PIL.__version__, "numpy": numpy.__version__,
                 "python": sys.version.split()[0]}
-    return {**bb.attrs(), **(engine or {}), "dtype": cfg.dtype, "stain_norm": stain_record(cfg),
+    return {**bb.attrs(), **(engine or {}), "dtype": cfg.dtype, "stain_norm": stain_record(cfg.stain_norm),
             "versions": versions, "config": config_dict(cfg)}
-
-
-def stain_record(cfg: ExtractConfig) -> str:
-    """The provenance value of ``cfg.stain_norm``: ``none``, or mode and reference numbers."""
-    from mil.extract.stain import StainNormaliser
-
-    return "none" if cfg.stain_norm == "none" else StainNormaliser(cfg.stain_norm).record()
 
 
 # -- the embedding loop -------------------------------------------------------------------------

@@ -205,6 +205,12 @@ class StainNormaliser:
         return f"{self.mode}(mean={mean};std={std};{APPLIED}{stats})"
 
 
+def stain_record(mode: str) -> str:
+    """The store's ``stain_norm`` provenance value of ``mode``: ``none``, or
+    :meth:`StainNormaliser.record`."""
+    return "none" if mode == "none" else StainNormaliser(mode).record()
+
+
 def build_normaliser(mode: str, cells: Sequence[Any]) -> StainNormaliser | None:
     """The normaliser of ``mode`` for ``cells`` (objects with ``slide_id``); None for none.
     Per-slide statistics are measured during extraction (:class:`mil.extract.images.CellImages`)."""
